@@ -45,8 +45,7 @@ export function errorMessage (err: unknown): string {
 
 export function errorCode (err: unknown): string {
   if (err instanceof TensormeshError) return err.code
-  if (err instanceof Error && typeof (err as { code?: unknown }).code === 'string') {
-    return (err as { code: string }).code
-  }
+  const code = (err as { code?: unknown } | null)?.code
+  if (typeof code === 'string') return code
   return 'ERR_INTERNAL'
 }

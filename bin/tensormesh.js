@@ -1,0 +1,25 @@
+#!/usr/bin/env node
+// The CLI is TypeScript run by Node 22's type stripping. npm puts the project's
+// Node 22 (the `node` package) first on PATH for `npx` and `npm run`; when this
+// file is started by an older system node directly, hand over to that binary.
+import { spawn } from 'node:child_process'
+import { createRequire } from 'node:module'
+import { dirname, join } from 'node:path'
+
+const major = Number(process.versions.node.split('.')[0])
+if (major < 22) {
+  const require = createRequire(import.meta.url)
+  let node22
+  try {
+    node22 = join(dirname(require.resolve('node/package.json')), 'bin', 'node')
+  } catch {
+    console.error(`tensormesh needs Node.js >= 22 (this is ${process.version}); run \`npm ci\` in the project to install it`)
+    process.exit(1)
+  }
+  const child = spawn(node22, [...process.execArgv, ...process.argv.slice(1)], { stdio: 'inherit' })
+  for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => { child.kill(sig) })
+  child.on('exit', (code, signal) => { process.exitCode = code ?? (signal !== null ? 1 : 0) })
+} else {
+  const { main } = await import('../src/node/cli.ts')
+  await main(process.argv.slice(2))
+}

@@ -1,0 +1,155 @@
+import { createServer } from 'node:http'
+import { InvalidInputError, TensormeshError, errorMessage } from '../errors.ts'
+import type { MeshNode } from './mesh-node.ts'
+import type { IncomingMessage, Server, ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+
+/** What GET /v1/peers returns for each peer. */
+export interface PeerView {
+  peerId: string
+  backend: string
+  cores: number
+  gflops: number
+  slots: number
+  busy: number
+  queued: number
+  /** Milliseconds since this node received the peer's last advert. */
+  lastSeenMs: number
+  memTotalBytes: number
+  memFreeBytes: number
+  gpu?: { name: string, memoryBytes: number }
+  operators: string[]
+  addrs: string[]
+  connected: boolean
+}
+
+export class HttpError extends TensormeshError {
+  readonly status: number
+
+  constructor (status: number, code: string, message: string) {
+    super(code, message)
+    this.status = status
+  }
+}
+
+export type RouteHandler = (req: IncomingMessage, res: ServerResponse, params: Record<string, string>) => Promise<void> | void
+
+interface Route { method: string, pattern: RegExp, keys: string[], handler: RouteHandler }
+
+/**
+ * The node's HTTP API (v1). It binds to 127.0.0.1 unless told otherwise:
+ * anyone who can reach it can submit work.
+ */
+export class ApiServer {
+  private readonly node: MeshNode
+  private readonly host: string
+  private readonly port: number
+  private readonly routes: Route[] = []
+  private server?: Server
+  url?: string
+
+  constructor (node: MeshNode, address: { host: string, port: number }) {
+    this.node = node
+    this.host = address.host
+    this.port = address.port
+    this.route('GET', '/v1/node', (_req, res) => { sendJson(res, 200, this.node.info()) })
+    this.route('GET', '/v1/peers', (_req, res) => { sendJson(res, 200, this.peers()) })
+  }
+
+  /** Registers a route; `:name` segments become params. */
+  route (method: string, path: string, handler: RouteHandler): void {
+    const keys: string[] = []
+    const pattern = new RegExp('^' + path.replace(/:([a-zA-Z]+)/g, (_m, k: string) => { keys.push(k); return '([^/]+)' }) + '$')
+    this.routes.push({ method, pattern, keys, handler })
+  }
+
+  peers (): PeerView[] {
+    const libp2p = this.node.libp2p
+    const connected = new Set(libp2p.getConnections().map(c => c.remotePeer.toString()))
+    return this.node.directory.list().map(entry => {
+      const c = entry.capacity
+      const view: PeerView = {
+        peerId: c.peerId,
+        backend: c.backend,
+        cores: c.cores,
+        gflops: c.gflops,
+        slots: c.slots,
+        busy: c.busy,
+        queued: c.queued,
+        lastSeenMs: Math.round(this.node.directory.ageMs(entry)),
+        memTotalBytes: c.memTotalBytes,
+        memFreeBytes: c.memFreeBytes,
+        operators: c.operators,
+        addrs: c.addrs,
+        connected: connected.has(c.peerId)
+      }
+      if (c.gpu !== undefined) view.gpu = c.gpu
+      return view
+    })
+  }
+
+  async start (): Promise<void> {
+    const server = createServer((req, res) => { void this.handle(req, res) })
+    this.server = server
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (err: NodeJS.ErrnoException) => {
+        reject(err.code === 'EADDRINUSE'
+          ? new InvalidInputError(`--api ${this.host}:${this.port}: address already in use`, 'ERR_ADDRESS_IN_USE')
+          : new InvalidInputError(`--api ${this.host}:${this.port}: ${err.message}`, 'ERR_LISTEN'))
+      })
+      server.listen(this.port, this.host, () => { resolve() })
+    })
+    const addr = server.address() as AddressInfo
+    const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address
+    this.url = `http://${host}:${addr.port}`
+  }
+
+  async stop (): Promise<void> {
+    const server = this.server
+    if (server === undefined) return
+    this.server = undefined
+    server.closeAllConnections()
+    await new Promise<void>(resolve => { server.close(() => { resolve() }) })
+  }
+
+  private async handle (req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const path = (req.url ?? '/').split('?')[0] ?? '/'
+    try {
+      let pathMatched = false
+      for (const route of this.routes) {
+        const m = route.pattern.exec(path)
+        if (m === null) continue
+        pathMatched = true
+        if (route.method !== req.method) continue
+        const params: Record<string, string> = {}
+        route.keys.forEach((k, i) => { params[k] = decodeURIComponent(m[i + 1] ?? '') })
+        await route.handler(req, res, params)
+        return
+      }
+      if (pathMatched) throw new HttpError(405, 'ERR_METHOD_NOT_ALLOWED', `${req.method ?? ''} is not allowed on ${path}`)
+      throw new HttpError(404, 'ERR_NOT_FOUND', `no such endpoint: ${req.method ?? ''} ${path}`)
+    } catch (err) {
+      if (res.headersSent) {
+        res.destroy()
+        return
+      }
+      const status = err instanceof HttpError ? err.status : statusFor(err)
+      const code = err instanceof TensormeshError ? err.code : 'ERR_INTERNAL'
+      if (status >= 500) this.node.log.error({ err: errorMessage(err), path }, 'api request failed')
+      sendJson(res, status, { error: { code, message: errorMessage(err) } })
+    }
+  }
+}
+
+function statusFor (err: unknown): number {
+  if (err instanceof InvalidInputError) return 400
+  if (err instanceof TensormeshError && err.code.endsWith('NOT_FOUND')) return 404
+  if (err instanceof TensormeshError && err.code === 'ERR_LIMIT_EXCEEDED') return 413
+  return 500
+}
+
+export function sendJson (res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body)
+  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text) })
+  res.end(text)
+}

@@ -1,0 +1,260 @@
+import { homedir } from 'node:os'
+import { join, resolve } from 'node:path'
+import { parseArgs } from 'node:util'
+import { TensormeshError, errorMessage } from '../errors.ts'
+import { ApiClient } from './client.ts'
+import { createLogger, LOG_LEVELS } from './log.ts'
+import { MeshNode } from './mesh-node.ts'
+import { runTestnet } from './testnet.ts'
+import type { MeshNodeInit } from './options.ts'
+import type { ParseArgsConfig } from 'node:util'
+
+/** A CLI mistake: printed as one line with the command's name, exit code 2. */
+export class UsageError extends TensormeshError {
+  constructor (message: string) {
+    super('ERR_USAGE', message)
+  }
+}
+
+type Options = NonNullable<ParseArgsConfig['options']>
+type Values = Record<string, string | boolean | Array<string | boolean> | undefined>
+
+interface Command {
+  name: string
+  summary: string
+  usage: string
+  options: Options
+  run: (values: Values, positionals: string[]) => Promise<number | undefined>
+}
+
+export const DEFAULT_API = '127.0.0.1:7070'
+export const DEFAULT_API_URL = `http://${DEFAULT_API}`
+
+const common: Options = {
+  help: { type: 'boolean', short: 'h' },
+  json: { type: 'boolean' }
+}
+
+const nodeOptions: Options = {
+  'data-dir': { type: 'string' },
+  backend: { type: 'string' },
+  workers: { type: 'string' },
+  'advert-interval': { type: 'string' },
+  'log-level': { type: 'string' }
+}
+
+const commands: Command[] = [
+  {
+    name: 'start',
+    summary: 'run a node daemon in the foreground',
+    usage: `tensormesh start [options]
+
+  --listen MA          multiaddr to listen on (repeatable; default /ip4/0.0.0.0/tcp/0)
+  --api HOST:PORT      HTTP API address (default ${DEFAULT_API}; port 0 lets the OS pick)
+  --bootstrap MA       peer to connect to, e.g. /ip4/10.0.0.2/tcp/4001/p2p/12D3... (repeatable)
+  --mdns               find peers on the local network by multicast DNS
+  --data-dir DIR       peer key and job journal (default ~/.tensormesh)
+  --backend NAME       compute backend: auto, tensorflow-gpu, tensorflow, wasm, cpu (default auto)
+  --workers N          executor worker threads (default: one per core)
+  --advert-interval MS capacity advert period in ms (default 2000)
+  --log-level LEVEL    fatal, error, warn, info, debug, trace (default info)
+  --json               print one JSON line {peerId, multiaddrs, api} when ready`,
+    options: { ...common, ...nodeOptions, listen: { type: 'string', multiple: true }, api: { type: 'string' }, bootstrap: { type: 'string', multiple: true }, mdns: { type: 'boolean' } },
+    run: runStart
+  },
+  {
+    name: 'testnet',
+    summary: 'run a local mesh of N daemons as separate processes',
+    usage: `tensormesh testnet --nodes N [options]
+
+  --nodes N            number of daemons (1..64)
+  --data-dir DIR       parent folder for the nodes' data (default: a fresh temp folder, removed on exit)
+  --backend NAME       compute backend for every node (default auto)
+  --workers N          worker threads per node (default: one per core)
+  --advert-interval MS capacity advert period in ms (default 2000)
+  --log-level LEVEL    the daemons' log level (default warn)
+  --json               print one JSON line {nodes: [{peerId, api, pid, multiaddrs}]} once the mesh is formed
+
+Stays in the foreground; SIGINT or SIGTERM stops every node.`,
+    options: { ...common, ...nodeOptions, nodes: { type: 'string' } },
+    run: async (values) => await runTestnet({
+      nodes: parseIntFlag(values.nodes, '--nodes', 1, 64, true),
+      dataDir: str(values['data-dir']),
+      backend: str(values.backend),
+      workers: values.workers === undefined ? undefined : parseIntFlag(values.workers, '--workers', 1, 256),
+      advertIntervalMs: values['advert-interval'] === undefined ? undefined : parseIntFlag(values['advert-interval'], '--advert-interval', 50, 600_000),
+      logLevel: parseLogLevel(values['log-level'] ?? 'warn'),
+      json: values.json === true
+    })
+  },
+  {
+    name: 'peers',
+    summary: "list the peers a node sees, with their capacity",
+    usage: `tensormesh peers [--api URL] [--json]
+
+  --api URL            the node's API (default ${DEFAULT_API_URL})
+  --json               print the JSON array of GET /v1/peers`,
+    options: { ...common, api: { type: 'string' } },
+    run: runPeers
+  }
+]
+
+function str (v: Values[string]): string | undefined {
+  return typeof v === 'string' ? v : undefined
+}
+
+function parseIntFlag (v: Values[string], flag: string, min: number, max: number, required = false): number {
+  if (v === undefined) {
+    if (required) throw new UsageError(`${flag} is required`)
+    return min
+  }
+  const n = typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : NaN
+  if (!Number.isSafeInteger(n) || n < min || n > max) throw new UsageError(`${flag} must be an integer from ${min} to ${max}, got "${String(v)}"`)
+  return n
+}
+
+function parseLogLevel (v: Values[string]): string {
+  const level = typeof v === 'string' ? v : 'info'
+  if (!(LOG_LEVELS as readonly string[]).includes(level) && level !== 'silent') throw new UsageError(`--log-level must be one of ${LOG_LEVELS.join(', ')}, got "${level}"`)
+  return level
+}
+
+function parseHostPort (v: string): { host: string, port: number } {
+  const m = /^(.*):(\d+)$/.exec(v)
+  const port = m === null ? NaN : Number(m[2])
+  if (m === null || m[1] === '' || !(port >= 0 && port <= 65535)) throw new UsageError(`--api must be HOST:PORT, e.g. 127.0.0.1:7070, got "${v}"`)
+  return { host: (m[1] ?? '').replace(/^\[(.*)\]$/, '$1'), port }
+}
+
+export function apiUrl (v: Values[string]): string {
+  const s = str(v) ?? DEFAULT_API_URL
+  const url = /^https?:\/\//.test(s) ? s : `http://${s}`
+  try {
+    new URL(url) // eslint-disable-line no-new
+  } catch {
+    throw new UsageError(`--api must be a URL such as ${DEFAULT_API_URL}, got "${s}"`)
+  }
+  return url
+}
+
+/** Flags to MeshNodeInit, in one place. */
+export function nodeInit (values: Values): MeshNodeInit {
+  const logLevel = parseLogLevel(values['log-level'])
+  return {
+    dataDir: resolve(str(values['data-dir']) ?? join(homedir(), '.tensormesh')),
+    listen: values.listen as string[] | undefined,
+    bootstrap: values.bootstrap as string[] | undefined,
+    mdns: values.mdns === true,
+    api: parseHostPort(str(values.api) ?? DEFAULT_API),
+    backend: str(values.backend),
+    workers: values.workers === undefined ? undefined : parseIntFlag(values.workers, '--workers', 1, 256),
+    advertIntervalMs: values['advert-interval'] === undefined ? undefined : parseIntFlag(values['advert-interval'], '--advert-interval', 50, 600_000),
+    logger: createLogger(logLevel)
+  }
+}
+
+async function runStart (values: Values): Promise<number | undefined> {
+  const node = new MeshNode(nodeInit(values))
+  let stopping = false
+  const shutdown = (why: string): void => {
+    if (stopping) {
+      node.log.warn({ why }, 'second signal, exiting now')
+      process.exit(1)
+    }
+    stopping = true
+    node.log.info({ why }, 'stopping')
+    node.stop().then(() => { process.exit(0) }, (err: unknown) => {
+      node.log.error({ err: errorMessage(err) }, 'stop failed')
+      process.exit(1)
+    })
+  }
+  process.on('SIGINT', () => { shutdown('SIGINT') })
+  process.on('SIGTERM', () => { shutdown('SIGTERM') })
+  // Started by `testnet`: when the parent goes (even by SIGKILL) the IPC channel closes.
+  if (process.send !== undefined) process.on('disconnect', () => { shutdown('parent gone') })
+
+  await node.start()
+  const ready = { peerId: node.peerId.toString(), multiaddrs: node.multiaddrs(), api: node.apiUrl }
+  if (values.json === true) {
+    process.stdout.write(JSON.stringify(ready) + '\n')
+  } else {
+    process.stdout.write(`tensormesh node ${ready.peerId}\n  api   ${ready.api ?? '-'}\n  addrs ${ready.multiaddrs.join('\n        ')}\n  backend ${node.pool.backend}, ${node.pool.slots} workers, ${node.pool.gflops.toFixed(1)} GFLOPS\n`)
+  }
+  if (process.send !== undefined) {
+    process.send({ type: 'ready', ...ready })
+    const report = (): void => { process.send?.({ type: 'peers', count: node.directory.size }) }
+    node.addEventListener('peer:join', report)
+    node.addEventListener('peer:leave', report)
+    report()
+  }
+  return undefined // keep running until a signal
+}
+
+async function runPeers (values: Values): Promise<number> {
+  const client = new ApiClient(apiUrl(values.api))
+  const peers = await client.peers()
+  if (values.json === true) {
+    process.stdout.write(JSON.stringify(peers) + '\n')
+    return 0
+  }
+  if (peers.length === 0) {
+    process.stdout.write('no peers\n')
+    return 0
+  }
+  const rows = peers.map(p => [p.peerId, p.backend, String(p.cores), p.gflops.toFixed(1), `${p.busy}/${p.slots}`, `${(p.lastSeenMs / 1000).toFixed(1)}s`])
+  printTable(['PEER', 'BACKEND', 'CORES', 'GFLOPS', 'BUSY', 'SEEN'], rows)
+  return 0
+}
+
+export function printTable (header: string[], rows: string[][]): void {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map(r => (r[i] ?? '').length)))
+  const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd()
+  process.stdout.write([line(header), ...rows.map(line)].join('\n') + '\n')
+}
+
+function usage (): string {
+  return `tensormesh: a peer-to-peer compute mesh for tensor work
+
+Usage: tensormesh <command> [options]
+
+Commands:
+${commands.map(c => `  ${c.name.padEnd(10)} ${c.summary}`).join('\n')}
+
+Run \`tensormesh <command> --help\` for a command's options.`
+}
+
+export function registerCommand (command: Command): void {
+  commands.push(command)
+}
+
+export async function main (argv: string[]): Promise<void> {
+  const [name, ...rest] = argv
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(usage() + '\n')
+    return
+  }
+  const command = commands.find(c => c.name === name)
+  if (command === undefined) {
+    process.stderr.write(`tensormesh: unknown command "${name}"; commands are ${commands.map(c => c.name).join(', ')}\n`)
+    process.exitCode = 2
+    return
+  }
+  try {
+    let parsed
+    try {
+      parsed = parseArgs({ args: rest, options: command.options, strict: true, allowPositionals: true })
+    } catch (err) {
+      throw new UsageError(errorMessage(err).replace(/\. To specify a positional argument.*$/s, '').replace(/^Unknown option/, 'unknown option'))
+    }
+    if (parsed.values.help === true) {
+      process.stdout.write(command.usage + '\n')
+      return
+    }
+    const code = await command.run(parsed.values, parsed.positionals)
+    if (code !== undefined) process.exitCode = code
+  } catch (err) {
+    const usageErr = err instanceof UsageError
+    process.stderr.write(`tensormesh ${command.name}: ${errorMessage(err)}${usageErr ? ` (see tensormesh ${command.name} --help)` : ''}\n`)
+    process.exit(usageErr ? 2 : 1)
+  }
+}

@@ -1,0 +1,286 @@
+import os from 'node:os'
+import { noise } from '@chainsafe/libp2p-noise'
+import { yamux } from '@chainsafe/libp2p-yamux'
+import { gossipsub } from '@libp2p/gossipsub'
+import { identify } from '@libp2p/identify'
+import { TypedEventEmitter } from '@libp2p/interface'
+import { mdns } from '@libp2p/mdns'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { ping } from '@libp2p/ping'
+import { tcp } from '@libp2p/tcp'
+import { multiaddr } from '@multiformats/multiaddr'
+import { createLibp2p } from 'libp2p'
+import { ExecutorPool } from '../compute/index.ts'
+import { InvalidInputError, errorMessage } from '../errors.ts'
+import { CapacityService } from '../protocol/capacity/index.ts'
+import { ApiServer } from './api.ts'
+import { loadOrCreateKey, prepareDataDir } from './keys.ts'
+import { silentLogger } from './log.ts'
+import { PeerDirectory } from './peer-directory.ts'
+import type { MeshNodeInit } from './options.ts'
+import type { LocalCapacity } from '../protocol/capacity/index.ts'
+import type { PeerDirectoryEvents } from './peer-directory.ts'
+import type { Logger } from './log.ts'
+import type { GossipSub } from '@libp2p/gossipsub'
+import type { Identify } from '@libp2p/identify'
+import type { Libp2p, PeerId } from '@libp2p/interface'
+import type { Ping } from '@libp2p/ping'
+import type { Multiaddr } from '@multiformats/multiaddr'
+
+export const DEFAULT_LISTEN = '/ip4/0.0.0.0/tcp/0'
+
+/**
+ * How often to re-dial bootstrap peers and advertised peers we are not
+ * connected to. Once per advert interval: a new peer is dialled as soon as
+ * its first advert arrives, this only repairs connections that dropped.
+ */
+const CONNECTIVITY_CHECK_INTERVALS = 1
+
+type Services = { pubsub: GossipSub, identify: Identify, ping: Ping }
+
+export interface NodeInfo {
+  peerId: string
+  multiaddrs: string[]
+  api?: string
+  version: string
+  backend: string
+  cores: number
+  gflops: number
+  slots: number
+  busy: number
+  queued: number
+  memTotalBytes: number
+  memFreeBytes: number
+  gpu?: { name: string, memoryBytes?: number }
+  operators: string[]
+  uptimeMs: number
+  peers: number
+  adverts: CapacityService['counters']
+}
+
+export type MeshNodeEvents = PeerDirectoryEvents
+
+export const VERSION = '0.1.0'
+
+/**
+ * One tensormesh daemon: a libp2p host, the capacity gossip, the peer
+ * directory, an executor pool and the HTTP API. Every node is the same; the
+ * node a job is submitted to coordinates that job.
+ */
+export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
+  readonly log: Logger
+  readonly directory: PeerDirectory
+  readonly pool: ExecutorPool
+  private readonly init: MeshNodeInit
+  private libp2pNode?: Libp2p<Services>
+  private capacity?: CapacityService
+  private api?: ApiServer
+  private startedAt = 0
+  private connectivityTimer?: NodeJS.Timeout
+  private readonly bootstrap: Multiaddr[]
+  private readonly listen: string[]
+  private readonly intervalMs: number
+
+  constructor (init: MeshNodeInit) {
+    super()
+    this.init = init
+    this.log = init.logger ?? silentLogger()
+    this.listen = (init.listen ?? [DEFAULT_LISTEN]).map(a => parseMultiaddr(a, '--listen').toString())
+    this.bootstrap = (init.bootstrap ?? []).map(a => parseMultiaddr(a, '--bootstrap'))
+    this.intervalMs = init.advertIntervalMs ?? 2000
+    this.directory = new PeerDirectory({ expiryMs: this.intervalMs * 3 })
+    this.pool = new ExecutorPool({ workers: init.workers, backend: init.backend ?? 'auto' })
+    for (const type of ['peer:join', 'peer:update', 'peer:leave'] as const) {
+      this.directory.addEventListener(type, (evt) => { this.safeDispatchEvent(type, { detail: evt.detail }) })
+    }
+  }
+
+  get libp2p (): Libp2p<Services> {
+    if (this.libp2pNode === undefined) throw new Error('node is not started')
+    return this.libp2pNode
+  }
+
+  get peerId (): PeerId {
+    return this.libp2p.peerId
+  }
+
+  get apiUrl (): string | undefined {
+    return this.api?.url
+  }
+
+  get capacityService (): CapacityService | undefined {
+    return this.capacity
+  }
+
+  async start (): Promise<void> {
+    this.startedAt = performance.now()
+    try {
+      await prepareDataDir(this.init.dataDir)
+      const privateKey = await loadOrCreateKey(this.init.dataDir)
+      await this.pool.start()
+      this.libp2pNode = await createLibp2p({
+        privateKey,
+        addresses: { listen: this.listen },
+        transports: [tcp()],
+        connectionEncrypters: [noise()],
+        streamMuxers: [yamux()],
+        peerDiscovery: this.init.mdns === true ? [mdns()] : [],
+        services: {
+          identify: identify(),
+          ping: ping(),
+          pubsub: gossipsub({
+            // A lone node still advertises; the first peer to connect gets the next one.
+            allowPublishToZeroTopicPeers: true,
+            // Adverts are small and few: send our own to every peer we know, not only mesh peers.
+            floodPublish: true
+          })
+        }
+      }).catch((err: unknown) => { throw listenError(err, this.listen) })
+
+      this.libp2p.addEventListener('peer:discovery', (evt) => {
+        this.dialQuietly(evt.detail.id, evt.detail.multiaddrs)
+      })
+      this.directory.addEventListener('peer:join', (evt) => {
+        this.learnAddrs(evt.detail.capacity.peerId, evt.detail.capacity.addrs)
+      })
+      this.directory.start()
+      this.capacity = new CapacityService(
+        { peerId: this.libp2p.peerId, pubsub: this.libp2p.services.pubsub, directory: this.directory, log: this.log },
+        { intervalMs: this.intervalMs, local: () => this.localCapacity() }
+      )
+      this.pool.addEventListener('change', () => { this.capacity?.changed() })
+      this.capacity.start()
+
+      for (const addr of this.bootstrap) this.dialQuietly(undefined, [addr])
+      this.connectivityTimer = setInterval(() => { this.repairConnectivity() }, this.intervalMs * CONNECTIVITY_CHECK_INTERVALS)
+      this.connectivityTimer.unref()
+
+      if (this.init.api !== false) {
+        this.api = new ApiServer(this, this.init.api ?? { host: '127.0.0.1', port: 0 })
+        await this.api.start()
+      }
+      this.log.info({ peerId: this.peerId.toString(), addrs: this.multiaddrs(), api: this.api?.url, backend: this.pool.backend, gflops: round(this.pool.gflops) }, 'node started')
+    } catch (err) {
+      await this.stop().catch(() => {})
+      throw err
+    }
+  }
+
+  /** Ordered shutdown: stop taking requests, stop advertising, close peers, then compute. */
+  async stop (): Promise<void> {
+    clearInterval(this.connectivityTimer)
+    await this.api?.stop()
+    this.capacity?.stop()
+    this.directory.stop()
+    await this.libp2pNode?.stop()
+    await this.pool.stop()
+  }
+
+  multiaddrs (): string[] {
+    if (this.libp2pNode === undefined) return []
+    return this.libp2p.getMultiaddrs().map(a => a.toString())
+  }
+
+  info (): NodeInfo {
+    const c = this.localCapacity()
+    return {
+      peerId: this.peerId.toString(),
+      multiaddrs: this.multiaddrs(),
+      api: this.api?.url,
+      version: VERSION,
+      backend: c.backend,
+      cores: c.cores,
+      gflops: c.gflops,
+      slots: c.slots,
+      busy: c.busy,
+      queued: c.queued,
+      memTotalBytes: c.memTotalBytes,
+      memFreeBytes: c.memFreeBytes,
+      gpu: c.gpu,
+      operators: c.operators,
+      uptimeMs: Math.round(performance.now() - this.startedAt),
+      peers: this.directory.size,
+      adverts: this.capacity?.counters ?? { published: 0, accepted: 0, rejected: { oversized: 0, garbage: 0, spoofed: 0, version: 0, invalid: 0, clock: 0, replayed: 0 }, lastAdvertBytes: 0 }
+    }
+  }
+
+  localCapacity (): LocalCapacity {
+    const c: LocalCapacity = {
+      backend: this.pool.backend,
+      cores: os.availableParallelism(),
+      memTotalBytes: os.totalmem(),
+      memFreeBytes: Math.min(os.freemem(), os.totalmem()),
+      gflops: this.pool.gflops,
+      slots: this.pool.slots,
+      busy: this.pool.busy,
+      queued: this.pool.queued,
+      operators: this.pool.operators,
+      addrs: this.libp2pNode?.getMultiaddrs().map(a => a.decapsulateCode(421)) ?? []
+    }
+    if (this.pool.gpu !== undefined) c.gpu = this.pool.gpu
+    return c
+  }
+
+  /** Remembers a peer's advertised addresses and connects if we are not connected yet. */
+  private learnAddrs (peer: string, addrs: string[]): void {
+    let id: PeerId
+    try {
+      id = peerIdFromString(peer)
+    } catch {
+      return
+    }
+    const mas = addrs.map(a => multiaddr(a))
+    this.libp2p.peerStore.merge(id, { multiaddrs: mas }).then(() => {
+      this.dialQuietly(id, [])
+    }, () => {})
+  }
+
+  private dialQuietly (peer: PeerId | undefined, addrs: Multiaddr[]): void {
+    if (this.libp2pNode === undefined || this.libp2pNode.status !== 'started') return
+    if (peer !== undefined && this.libp2p.getConnections(peer).length > 0) return
+    const target = peer ?? addrs[0]
+    if (target === undefined) return
+    this.libp2p.dial(peer !== undefined && addrs.length === 0 ? peer : addrs, { signal: AbortSignal.timeout(this.intervalMs * 2) }).catch((err: unknown) => {
+      this.log.debug({ peer: peer?.toString(), err: errorMessage(err) }, 'dial failed')
+    })
+  }
+
+  private repairConnectivity (): void {
+    const connected = new Set(this.libp2p.getConnections().map(c => c.remoteAddr.toString()))
+    for (const addr of this.bootstrap) {
+      const peer = addr.getComponents().find(c => c.name === 'p2p')?.value
+      if (peer !== undefined ? this.libp2p.getConnections(peerIdFromString(peer)).length === 0 : !connected.has(addr.toString())) {
+        this.dialQuietly(undefined, [addr])
+      }
+    }
+    for (const entry of this.directory.list()) {
+      const id = peerIdFromString(entry.capacity.peerId)
+      if (this.libp2p.getConnections(id).length === 0) this.dialQuietly(id, [])
+    }
+  }
+}
+
+function parseMultiaddr (value: string, flag: string): Multiaddr {
+  try {
+    const ma = multiaddr(value)
+    if (!ma.toString().includes('/tcp/')) throw new Error('only TCP addresses are supported')
+    return ma
+  } catch (err) {
+    throw new InvalidInputError(`${flag}: "${value}" is not a valid TCP multiaddr (${errorMessage(err)}); expected e.g. /ip4/127.0.0.1/tcp/4001`, 'ERR_BAD_MULTIADDR')
+  }
+}
+
+function listenError (err: unknown, listen: string[]): Error {
+  const msg = errorMessage(err)
+  if (/EADDRINUSE|address already in use/i.test(msg)) {
+    return new InvalidInputError(`cannot listen on ${listen.join(', ')}: address already in use`, 'ERR_ADDRESS_IN_USE', { cause: err })
+  }
+  if (/EADDRNOTAVAIL|EACCES/i.test(msg)) {
+    return new InvalidInputError(`cannot listen on ${listen.join(', ')}: ${msg}`, 'ERR_LISTEN', { cause: err })
+  }
+  return err instanceof Error ? err : new Error(msg)
+}
+
+function round (n: number): number {
+  return Math.round(n * 10) / 10
+}
