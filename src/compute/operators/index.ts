@@ -1,0 +1,36 @@
+import { InvalidInputError } from '../../errors.ts'
+import { map } from './map.ts'
+import { matmul } from './matmul.ts'
+import { reduce } from './reduce.ts'
+import type { Operator } from './types.ts'
+
+export * from './types.ts'
+export { matmul } from './matmul.ts'
+export type { MatmulParams } from './matmul.ts'
+export { map, MAP_SCALAR_OPS, MAP_UNARY_OPS, MAX_MAP_OPS } from './map.ts'
+export type { MapParams, MapStep, MapScalarOp, MapUnaryOp } from './map.ts'
+export { reduce, REDUCE_OPS } from './reduce.ts'
+export type { ReduceOp, ReduceParams, ReducePlanParams } from './reduce.ts'
+
+/**
+ * The operators this build can run, by name. Fixed at build time: a job or a
+ * peer names an operator, it never sends one.
+ */
+// Each operator checks its own params at run time, so the registry can hold
+// them at the generic Params type (the cast drops only the compile-time P).
+export const OPERATORS: ReadonlyMap<string, Operator> = new Map<string, Operator>(
+  ([matmul, map, reduce] as unknown as Operator[]).map(op => [op.name, op])
+)
+
+export function operatorNames (registry: ReadonlyMap<string, Operator> = OPERATORS): string[] {
+  return [...registry.keys()]
+}
+
+/** The operator called `name`, or InvalidInputError (ERR_UNKNOWN_OPERATOR) listing the known names. */
+export function getOperator (name: unknown, registry: ReadonlyMap<string, Operator> = OPERATORS): Operator {
+  const op = typeof name === 'string' ? registry.get(name) : undefined
+  if (op === undefined) {
+    throw new InvalidInputError(`unknown operator ${JSON.stringify(name) ?? String(name)}; known: ${operatorNames(registry).join(', ')}`, 'ERR_UNKNOWN_OPERATOR')
+  }
+  return op
+}
