@@ -199,8 +199,11 @@ export function decodeNpy (bytes: Uint8Array, name: string, limits: NpyLimits = 
 
   let data: TensorData
   if (descr.itemSize === 4 && IS_LITTLE_ENDIAN) {
-    // Fast path: copy the bytes (also aligns them) and view them.
-    const buf = bytes.slice(dataStart, dataStart + dataBytes).buffer
+    // Fast path: copy the bytes into a buffer of our own (which also aligns
+    // them) and view it. Not bytes.slice(): on a Node Buffer that is a view.
+    const copy = new Uint8Array(dataBytes)
+    copy.set(bytes.subarray(dataStart, dataStart + dataBytes))
+    const buf = copy.buffer
     data = descr.dtype === 'float32' ? new Float32Array(buf) : new Int32Array(buf)
   } else {
     data = descr.dtype === 'float32' ? new Float32Array(n) : new Int32Array(n)
