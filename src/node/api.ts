@@ -1,5 +1,8 @@
 import { createServer } from 'node:http'
 import { InvalidInputError, TensormeshError, errorMessage } from '../errors.ts'
+import { encodeNpy } from '../compute/npy.ts'
+import { readJobRequest } from './job-request.ts'
+import type { Job } from './jobs/job.ts'
 import type { MeshNode } from './mesh-node.ts'
 import type { IncomingMessage, Server, ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
@@ -34,6 +37,9 @@ export class HttpError extends TensormeshError {
 
 export type RouteHandler = (req: IncomingMessage, res: ServerResponse, params: Record<string, string>) => Promise<void> | void
 
+/** Coalesces job updates on an event stream to at most ten a second. */
+const SSE_MIN_GAP_MS = 100
+
 interface Route { method: string, pattern: RegExp, keys: string[], handler: RouteHandler }
 
 /**
@@ -54,6 +60,22 @@ export class ApiServer {
     this.port = address.port
     this.route('GET', '/v1/node', (_req, res) => { sendJson(res, 200, this.node.info()) })
     this.route('GET', '/v1/peers', (_req, res) => { sendJson(res, 200, this.peers()) })
+    this.route('GET', '/v1/jobs', (_req, res) => { sendJson(res, 200, this.node.jobs.list().map(j => j.toJSON())) })
+    this.route('POST', '/v1/jobs', async (req, res) => {
+      const spec = await readJobRequest(req, this.node.limits.maxTensorBytes)
+      const job = this.node.submit(spec)
+      sendJson(res, 202, job.toJSON())
+    })
+    this.route('GET', '/v1/jobs/:id', (_req, res, p) => { sendJson(res, 200, this.node.jobs.get(p.id ?? '').toJSON()) })
+    this.route('DELETE', '/v1/jobs/:id', (_req, res, p) => { sendJson(res, 200, this.node.jobs.cancel(p.id ?? '').toJSON()) })
+    this.route('GET', '/v1/jobs/:id/result', (_req, res, p) => {
+      const job = this.node.jobs.get(p.id ?? '')
+      if (job.output === undefined) throw new HttpError(409, 'ERR_NO_RESULT', `job ${job.id} is ${job.state}; a result exists once it has succeeded`)
+      const bytes = encodeNpy(job.output)
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': bytes.byteLength, 'content-disposition': `attachment; filename="${job.id}.npy"` })
+      res.end(bytes)
+    })
+    this.route('GET', '/v1/jobs/:id/events', (req, res, p) => { this.streamJob(req, res, this.node.jobs.get(p.id ?? '')) })
   }
 
   /** Registers a route; `:name` segments become params. */
@@ -86,6 +108,36 @@ export class ApiServer {
       if (c.gpu !== undefined) view.gpu = c.gpu
       return view
     })
+  }
+
+  /** Server-sent events: the job's record on every change, until it finishes. */
+  private streamJob (req: IncomingMessage, res: ServerResponse, job: Job): void {
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' })
+    let last = 0
+    let timer: NodeJS.Timeout | undefined
+    const send = (): void => {
+      timer = undefined
+      last = performance.now()
+      const view = job.toJSON()
+      res.write(`event: job\ndata: ${JSON.stringify(view)}\n\n`)
+      if (job.finished) close()
+    }
+    // Progress can change hundreds of times a second; a client needs a few updates a second.
+    const schedule = (): void => {
+      if (timer !== undefined) return
+      if (job.finished) { send(); return }
+      timer = setTimeout(send, Math.max(0, last + SSE_MIN_GAP_MS - performance.now()))
+    }
+    const close = (): void => {
+      clearTimeout(timer)
+      job.removeEventListener('progress', schedule)
+      job.removeEventListener('state', schedule)
+      res.end()
+    }
+    job.addEventListener('progress', schedule)
+    job.addEventListener('state', schedule)
+    req.on('close', close)
+    send()
   }
 
   async start (): Promise<void> {

@@ -2,7 +2,10 @@ import { homedir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { parseArgs } from 'node:util'
 import { TensormeshError, errorMessage } from '../errors.ts'
+import { parseBackendChoice } from '../compute/index.ts'
+import { submitCommand, printSummary, progressLine } from './cli-jobs.ts'
 import { ApiClient } from './client.ts'
+import type { JobView } from './jobs/job.ts'
 import { createLogger, LOG_LEVELS } from './log.ts'
 import { MeshNode } from './mesh-node.ts'
 import { runTestnet } from './testnet.ts'
@@ -80,7 +83,7 @@ Stays in the foreground; SIGINT or SIGTERM stops every node.`,
     run: async (values) => await runTestnet({
       nodes: parseIntFlag(values.nodes, '--nodes', 1, 64, true),
       dataDir: str(values['data-dir']),
-      backend: str(values.backend),
+      backend: typeof values.backend === 'string' ? parseBackendChoice(values.backend) : undefined,
       workers: values.workers === undefined ? undefined : parseIntFlag(values.workers, '--workers', 1, 256),
       advertIntervalMs: values['advert-interval'] === undefined ? undefined : parseIntFlag(values['advert-interval'], '--advert-interval', 50, 600_000),
       logLevel: parseLogLevel(values['log-level'] ?? 'warn'),
@@ -96,6 +99,64 @@ Stays in the foreground; SIGINT or SIGTERM stops every node.`,
   --json               print the JSON array of GET /v1/peers`,
     options: { ...common, api: { type: 'string' } },
     run: runPeers
+  },
+  {
+    name: 'submit',
+    summary: 'submit a job file to a node and wait for its result',
+    usage: `tensormesh submit [--api URL] JOB.json [--out FILE.npy] [--json]
+
+  JOB.json             {"op": NAME, "inputs": {NAME: "path.npy"}, "params": {...}}; paths relative to the file
+  --api URL            the node that coordinates the job (default ${DEFAULT_API_URL})
+  --out FILE.npy       write the result there
+  --json               print one JSON object {id, state, elapsedMs, output, shards: [{index, peer, attempts, ms}]}
+
+Exits 0 when the job succeeded, 1 when it failed or was cancelled.`,
+    options: { ...common, api: { type: 'string' }, out: { type: 'string' } },
+    run: async (values, positionals) => {
+      if (positionals.length !== 1) throw new UsageError(`expected one job file, got ${positionals.length}`)
+      return await submitCommand({ api: apiUrl(values.api), file: positionals[0] ?? '', out: str(values.out), json: values.json === true })
+    }
+  },
+  {
+    name: 'status',
+    summary: "show a job's state, progress and shards",
+    usage: `tensormesh status [--api URL] JOB_ID [--json]
+
+  --api URL            the node that coordinates the job (default ${DEFAULT_API_URL})
+  --json               print the job record of GET /v1/jobs/:id`,
+    options: { ...common, api: { type: 'string' } },
+    run: async (values, positionals) => {
+      if (positionals.length !== 1) throw new UsageError(`expected one job id, got ${positionals.length}`)
+      const job = await new ApiClient(apiUrl(values.api)).json<JobView>('GET', `/v1/jobs/${encodeURIComponent(positionals[0] ?? '')}`)
+      if (values.json === true) process.stdout.write(JSON.stringify(job) + '\n')
+      else {
+        printSummary(job)
+        if (!['succeeded', 'failed', 'cancelled'].includes(job.state)) process.stdout.write(`  ${progressLine(job)}\n`)
+      }
+      return 0
+    }
+  },
+  {
+    name: 'jobs',
+    summary: 'list the jobs a node coordinates',
+    usage: `tensormesh jobs [--api URL] [--json]
+
+  --api URL            the node (default ${DEFAULT_API_URL})
+  --json               print the JSON array of GET /v1/jobs`,
+    options: { ...common, api: { type: 'string' } },
+    run: async (values) => {
+      const jobs = await new ApiClient(apiUrl(values.api)).json<JobView[]>('GET', '/v1/jobs')
+      if (values.json === true) {
+        process.stdout.write(JSON.stringify(jobs) + '\n')
+        return 0
+      }
+      if (jobs.length === 0) {
+        process.stdout.write('no jobs\n')
+        return 0
+      }
+      printTable(['ID', 'OP', 'STATE', 'SHARDS', 'SECONDS'], jobs.map(j => [j.id, j.op, j.state, `${j.progress.done}/${j.progress.total}`, j.elapsedMs === undefined ? '-' : (j.elapsedMs / 1000).toFixed(2)]))
+      return 0
+    }
   }
 ]
 
@@ -146,7 +207,7 @@ export function nodeInit (values: Values): MeshNodeInit {
     bootstrap: values.bootstrap as string[] | undefined,
     mdns: values.mdns === true,
     api: parseHostPort(str(values.api) ?? DEFAULT_API),
-    backend: str(values.backend),
+    backend: typeof values.backend === 'string' ? parseBackendChoice(values.backend) : undefined,
     workers: values.workers === undefined ? undefined : parseIntFlag(values.workers, '--workers', 1, 256),
     advertIntervalMs: values['advert-interval'] === undefined ? undefined : parseIntFlag(values['advert-interval'], '--advert-interval', 50, 600_000),
     logger: createLogger(logLevel)
@@ -221,10 +282,6 @@ Commands:
 ${commands.map(c => `  ${c.name.padEnd(10)} ${c.summary}`).join('\n')}
 
 Run \`tensormesh <command> --help\` for a command's options.`
-}
-
-export function registerCommand (command: Command): void {
-  commands.push(command)
 }
 
 export async function main (argv: string[]): Promise<void> {

@@ -28,7 +28,7 @@ export class ApiClient {
     return await this.json<PeerView[]>('GET', '/v1/peers')
   }
 
-  async request (method: string, path: string, body?: string | Uint8Array | ReadableStream<Uint8Array>, headers?: Record<string, string>): Promise<Response> {
+  async request (method: string, path: string, body?: RequestInit['body'], headers?: Record<string, string>): Promise<Response> {
     let res: Response
     try {
       res = await fetch(this.base + path, { method, body, headers, duplex: 'half' } as RequestInit)

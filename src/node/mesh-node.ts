@@ -12,12 +12,18 @@ import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
 import { ExecutorPool } from '../compute/index.ts'
 import { InvalidInputError, errorMessage } from '../errors.ts'
+import { registerBidHandler, BID_PROTOCOL } from '../protocol/bid/index.ts'
 import { CapacityService } from '../protocol/capacity/index.ts'
+import { DEFAULT_WIRE_LIMITS } from '../protocol/limits.ts'
+import { registerShardHandler, SHARD_PROTOCOL } from '../protocol/shard/index.ts'
+import { JobManager } from './jobs/job-manager.ts'
 import { ApiServer } from './api.ts'
 import { loadOrCreateKey, prepareDataDir } from './keys.ts'
 import { silentLogger } from './log.ts'
 import { PeerDirectory } from './peer-directory.ts'
+import type { Job, JobSpec } from './jobs/job.ts'
 import type { MeshNodeInit } from './options.ts'
+import type { WireLimits } from '../protocol/limits.ts'
 import type { LocalCapacity } from '../protocol/capacity/index.ts'
 import type { PeerDirectoryEvents } from './peer-directory.ts'
 import type { Logger } from './log.ts'
@@ -80,6 +86,8 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
   private readonly bootstrap: Multiaddr[]
   private readonly listen: string[]
   private readonly intervalMs: number
+  readonly limits: WireLimits
+  private jobManager?: JobManager
 
   constructor (init: MeshNodeInit) {
     super()
@@ -88,6 +96,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
     this.listen = (init.listen ?? [DEFAULT_LISTEN]).map(a => parseMultiaddr(a, '--listen').toString())
     this.bootstrap = (init.bootstrap ?? []).map(a => parseMultiaddr(a, '--bootstrap'))
     this.intervalMs = init.advertIntervalMs ?? 2000
+    this.limits = { ...DEFAULT_WIRE_LIMITS, ...init.limits }
     this.directory = new PeerDirectory({ expiryMs: this.intervalMs * 3 })
     this.pool = new ExecutorPool({ workers: init.workers, backend: init.backend ?? 'auto' })
     for (const type of ['peer:join', 'peer:update', 'peer:leave'] as const) {
@@ -149,6 +158,13 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
         { intervalMs: this.intervalMs, local: () => this.localCapacity() }
       )
       this.pool.addEventListener('change', () => { this.capacity?.changed() })
+      this.jobManager = new JobManager(
+        { libp2p: this.libp2p, directory: this.directory, pool: this.pool, log: this.log },
+        { limits: this.limits, serve: this.init.serve !== false, shardsPerPeer: this.init.shardsPerPeer }
+      )
+      const jobs = this.jobManager
+      await registerBidHandler(this.libp2p, (req) => jobs.bid(req), this.log)
+      await registerShardHandler(this.libp2p, async (shard, signal) => await jobs.execute(shard, signal), this.log, this.limits)
       this.capacity.start()
 
       for (const addr of this.bootstrap) this.dialQuietly(undefined, [addr])
@@ -170,10 +186,26 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
   async stop (): Promise<void> {
     clearInterval(this.connectivityTimer)
     await this.api?.stop()
+    this.jobManager?.stop()
+    if (this.libp2pNode !== undefined) await this.libp2pNode.unhandle([BID_PROTOCOL, SHARD_PROTOCOL]).catch(() => {})
     this.capacity?.stop()
     this.directory.stop()
     await this.libp2pNode?.stop()
     await this.pool.stop()
+  }
+
+  get jobs (): JobManager {
+    if (this.jobManager === undefined) throw new Error('node is not started')
+    return this.jobManager
+  }
+
+  /**
+   * Submits a job that this node coordinates. Throws InvalidInputError at once
+   * (nothing started) when the spec is wrong; otherwise returns the job, whose
+   * `result()` resolves with the output and which emits progress events.
+   */
+  submit (spec: JobSpec): Job {
+    return this.jobs.submit(spec)
   }
 
   multiaddrs (): string[] {
@@ -211,7 +243,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
       memTotalBytes: os.totalmem(),
       memFreeBytes: Math.min(os.freemem(), os.totalmem()),
       gflops: this.pool.gflops,
-      slots: this.pool.slots,
+      slots: this.init.serve === false ? 0 : this.pool.slots,
       busy: this.pool.busy,
       queued: this.pool.queued,
       operators: this.pool.operators,

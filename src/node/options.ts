@@ -1,4 +1,6 @@
 import type { Logger } from './log.ts'
+import type { BackendChoice } from '../compute/index.ts'
+import type { WireLimits } from '../protocol/limits.ts'
 
 /** A node's options as plain data; the CLI translates its flags into this in one place. */
 export interface MeshNodeInit {
@@ -13,10 +15,16 @@ export interface MeshNodeInit {
   /** The HTTP API's address, or false for none (in-process use). */
   api?: { host: string, port: number } | false
   /** Compute backend; 'auto' picks the best that loads. */
-  backend?: string
+  backend?: BackendChoice
   /** Executor worker threads; default one per core. */
   workers?: number
   /** Advert period; peers are gone after three of these. */
   advertIntervalMs?: number
+  /** Run shards for this node's own jobs and for peers (default true); false makes a coordinate-only node. */
+  serve?: boolean
+  /** Bounds on tensors and shards this node accepts; each defaults to DEFAULT_WIRE_LIMITS. */
+  limits?: Partial<WireLimits>
+  /** Shards cut per accepting peer (default 2). */
+  shardsPerPeer?: number
   logger?: Logger
 }

@@ -28,12 +28,14 @@ export type Schema<T> = { [K in keyof T]-?: FieldSpec }
 
 export interface MessageCodec<T> {
   readonly name: string
-  encode: (value: T) => Uint8Array
-  decode: (bytes: Uint8Array) => T
+  // Method syntax on purpose: it lets a MessageCodec<TensorDesc> stand where a
+  // MessageCodec<object> is declared (nested message fields).
+  encode(value: T): Uint8Array
+  decode(bytes: Uint8Array): T
   /** @internal used for nested messages */
-  write: (value: T, w: Writer) => void
+  write(value: T, w: Writer): void
   /** @internal used for nested messages */
-  read: (r: Reader, end: number) => T
+  read(r: Reader, end: number): T
 }
 
 const WIRE_VARINT = 0

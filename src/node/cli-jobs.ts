@@ -1,0 +1,149 @@
+import { readFile, writeFile } from 'node:fs/promises'
+import { dirname, resolve } from 'node:path'
+import { InvalidInputError, errorMessage } from '../errors.ts'
+import { decodeNpy } from '../compute/npy.ts'
+import { describe } from '../compute/tensor.ts'
+import { ApiClient } from './client.ts'
+import type { JobView } from './jobs/job.ts'
+
+/** A job file: {"op": NAME, "inputs": {NAME: "path.npy"}, "params": {...}}, paths relative to the file. */
+export interface JobFile {
+  op: string
+  inputs: Record<string, string>
+  params: Record<string, unknown>
+}
+
+export async function readJobFile (path: string): Promise<JobFile> {
+  let text: string
+  try {
+    text = await readFile(path, 'utf8')
+  } catch (err) {
+    throw new InvalidInputError(`cannot read job file ${path}: ${errorMessage(err)}`, 'ERR_JOB_FILE')
+  }
+  let value: unknown
+  try {
+    value = JSON.parse(text)
+  } catch (err) {
+    throw new InvalidInputError(`job file ${path} is not valid JSON: ${errorMessage(err)}`, 'ERR_JOB_FILE')
+  }
+  const v = value as Record<string, unknown> | null
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new InvalidInputError(`job file ${path} must hold a JSON object {"op", "inputs", "params"}`, 'ERR_JOB_FILE')
+  if (typeof v.op !== 'string') throw new InvalidInputError(`job file ${path}: "op" must be an operator name`, 'ERR_JOB_FILE')
+  const inputs = v.inputs ?? {}
+  if (inputs === null || typeof inputs !== 'object' || Array.isArray(inputs) || !Object.values(inputs).every(p => typeof p === 'string')) {
+    throw new InvalidInputError(`job file ${path}: "inputs" must map input names to .npy paths`, 'ERR_JOB_FILE')
+  }
+  const params = v.params ?? {}
+  if (params === null || typeof params !== 'object' || Array.isArray(params)) throw new InvalidInputError(`job file ${path}: "params" must be an object`, 'ERR_JOB_FILE')
+  const known = new Set(['op', 'inputs', 'params'])
+  const extra = Object.keys(v).filter(k => !known.has(k))
+  if (extra.length > 0) throw new InvalidInputError(`job file ${path}: unknown field ${extra.map(k => `"${k}"`).join(', ')}; allowed: op, inputs, params`, 'ERR_JOB_FILE')
+  return { op: v.op, inputs: inputs as Record<string, string>, params: params as Record<string, unknown> }
+}
+
+/** Builds the multipart body of POST /v1/jobs from a job file; inputs are checked here first. */
+export async function jobForm (path: string, job: JobFile): Promise<FormData> {
+  const form = new FormData()
+  form.set('spec', JSON.stringify({ op: job.op, params: job.params }))
+  for (const [name, rel] of Object.entries(job.inputs)) {
+    const file = resolve(dirname(path), rel)
+    let bytes: Uint8Array
+    try {
+      bytes = await readFile(file)
+    } catch (err) {
+      throw new InvalidInputError(`input ${name}: cannot read ${file}: ${errorMessage(err)}`, 'ERR_JOB_FILE')
+    }
+    decodeNpy(bytes, name) // a clear local error beats a round trip
+    form.set(name, new Blob([bytes as Uint8Array<ArrayBuffer>]), `${name}.npy`)
+  }
+  return form
+}
+
+/** Follows GET /v1/jobs/:id/events until the job finishes; calls `onUpdate` for each record. */
+export async function followJob (client: ApiClient, id: string, onUpdate: (job: JobView) => void): Promise<JobView> {
+  const res = await client.request('GET', `/v1/jobs/${encodeURIComponent(id)}/events`)
+  if (res.body === null) throw new Error('event stream has no body')
+  const decoder = new TextDecoder()
+  let buffer = ''
+  let last: JobView | undefined
+  for await (const chunk of res.body) {
+    buffer += decoder.decode(chunk, { stream: true })
+    let end: number
+    while ((end = buffer.indexOf('\n\n')) >= 0) {
+      const event = buffer.slice(0, end)
+      buffer = buffer.slice(end + 2)
+      const data = event.split('\n').filter(l => l.startsWith('data: ')).map(l => l.slice(6)).join('\n')
+      if (data === '') continue
+      last = JSON.parse(data) as JobView
+      onUpdate(last)
+    }
+  }
+  // The stream ends when the job does; read the final record to be sure.
+  return last?.finishedAt !== undefined ? last : await client.json<JobView>('GET', `/v1/jobs/${encodeURIComponent(id)}`)
+}
+
+export function progressLine (job: JobView, width = 30): string {
+  const { done, total } = job.progress
+  const frac = total === 0 ? 0 : done / total
+  const filled = Math.round(frac * width)
+  const peers = new Set(job.shards.filter(s => s.state === 'running').map(s => s.history.at(-1)?.peer)).size
+  const elapsed = (Date.now() - Date.parse(job.createdAt)) / 1000
+  const eta = frac > 0 && frac < 1 ? ` eta ${(elapsed / frac - elapsed).toFixed(1)}s` : ''
+  return `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${done}/${total} shards, ${peers} peers working, ${elapsed.toFixed(1)}s${eta}`
+}
+
+export interface SubmitOptions {
+  api: string
+  file: string
+  out?: string
+  json: boolean
+}
+
+/** `tensormesh submit`: upload, follow, write the result, print the record. Returns the exit code. */
+export async function submitCommand (opts: SubmitOptions): Promise<number> {
+  const client = new ApiClient(opts.api)
+  const file = await readJobFile(opts.file)
+  const form = await jobForm(opts.file, file)
+  const res = await client.request('POST', '/v1/jobs', form)
+  const submitted = await res.json() as JobView
+  const tty = process.stderr.isTTY && !opts.json
+  let lastPlain = -1
+  const job = await followJob(client, submitted.id, (j) => {
+    if (tty) {
+      process.stderr.write(`\r${progressLine(j)}\u001b[K`)
+    } else if (!opts.json && j.progress.done !== lastPlain) {
+      lastPlain = j.progress.done
+      process.stderr.write(`${j.id} ${j.state} ${j.progress.done}/${j.progress.total} shards\n`)
+    }
+  })
+  if (tty) process.stderr.write('\n')
+  let outPath: string | undefined
+  if (job.state === 'succeeded' && opts.out !== undefined) {
+    const r = await client.request('GET', `/v1/jobs/${encodeURIComponent(job.id)}/result`)
+    outPath = resolve(opts.out)
+    await writeFile(outPath, new Uint8Array(await r.arrayBuffer()))
+  }
+  if (opts.json) {
+    process.stdout.write(JSON.stringify({
+      id: job.id,
+      state: job.state,
+      elapsedMs: job.elapsedMs,
+      output: job.output === undefined ? null : { ...job.output, path: outPath ?? null },
+      shards: job.shards.map(s => ({ index: s.index, peer: s.peer ?? null, attempts: s.attempts, ms: s.ms ?? null })),
+      ...(job.error !== undefined ? { error: job.error } : {})
+    }) + '\n')
+  } else {
+    printSummary(job, outPath)
+  }
+  return job.state === 'succeeded' ? 0 : 1
+}
+
+export function printSummary (job: JobView, outPath?: string): void {
+  const lines = [`job ${job.id}: ${job.state}${job.elapsedMs !== undefined ? ` in ${(job.elapsedMs / 1000).toFixed(2)} s` : ''}`]
+  if (job.output !== undefined) lines.push(`  output ${describe(job.output as { dtype: 'float32', shape: number[] })}${outPath !== undefined ? ` -> ${outPath}` : ''}`)
+  if (job.error !== undefined) lines.push(`  error ${job.error.code}: ${job.error.message}`)
+  const byPeer = new Map<string, number>()
+  for (const s of job.shards) if (s.peer !== undefined) byPeer.set(s.peer, (byPeer.get(s.peer) ?? 0) + 1)
+  for (const [peer, n] of byPeer) lines.push(`  ${n} shard${n === 1 ? '' : 's'} on ${peer}`)
+  process.stdout.write(lines.join('\n') + '\n')
+}

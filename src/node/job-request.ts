@@ -1,0 +1,119 @@
+import { Readable } from 'node:stream'
+import { InvalidInputError, LimitExceededError, errorMessage } from '../errors.ts'
+import { decodeNpy } from '../compute/npy.ts'
+import { hostTensor, isDType } from '../compute/tensor.ts'
+import type { JobSpec } from './jobs/job.ts'
+import type { Tensors, Params } from '../compute/operators/types.ts'
+import type { IncomingMessage } from 'node:http'
+
+/**
+ * Largest POST /v1/jobs body. Inputs arrive whole before validation (a job's
+ * shapes must all be known to check it), so this bounds the memory one
+ * request can take: one 1 GiB tensor or several smaller ones.
+ */
+export const MAX_JOB_BODY_BYTES = 1024 * 1024 * 1024 + 1024 * 1024
+
+/** Inline JSON inputs are for small tensors; larger ones go as .npy parts. */
+export const MAX_JSON_BODY_BYTES = 16 * 1024 * 1024
+
+/** Input names: what an operator's inputs are called (a, b, x ...). */
+const INPUT_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/
+
+function checkEnvelope (value: unknown): { op: unknown, params: Params } {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new InvalidInputError('job spec must be a JSON object {"op", "params", "inputs"}', 'ERR_BAD_SPEC')
+  const v = value as Record<string, unknown>
+  const params = v.params ?? {}
+  if (params === null || typeof params !== 'object' || Array.isArray(params)) throw new InvalidInputError('job spec "params" must be a JSON object', 'ERR_BAD_SPEC')
+  if (typeof v.op !== 'string') throw new InvalidInputError('job spec "op" must be an operator name (a string)', 'ERR_BAD_SPEC')
+  return { op: v.op, params: params as Params }
+}
+
+function inlineTensor (name: string, value: unknown): Tensors[string] {
+  if (value === null || typeof value !== 'object') throw new InvalidInputError(`input ${name} must be {"dtype", "shape", "data"}`, 'ERR_BAD_SPEC')
+  const v = value as Record<string, unknown>
+  const dtype = v.dtype ?? 'float32'
+  if (!isDType(dtype)) throw new InvalidInputError(`input ${name}: dtype must be float32 or int32`, 'ERR_BAD_SPEC')
+  if (!Array.isArray(v.shape) || !v.shape.every(d => Number.isSafeInteger(d) && d >= 0)) throw new InvalidInputError(`input ${name}: shape must be an array of non-negative integers`, 'ERR_BAD_SPEC')
+  if (!Array.isArray(v.data) || !v.data.every(x => typeof x === 'number')) throw new InvalidInputError(`input ${name}: data must be a flat array of numbers in C order`, 'ERR_BAD_SPEC')
+  const data = dtype === 'float32' ? Float32Array.from(v.data as number[]) : Int32Array.from(v.data as number[])
+  try {
+    return hostTensor(dtype, v.shape as number[], data)
+  } catch (err) {
+    throw new InvalidInputError(`input ${name}: ${errorMessage(err)}`, 'ERR_BAD_SHAPE')
+  }
+}
+
+/**
+ * Reads a POST /v1/jobs body into a job spec. Two forms:
+ * - multipart/form-data: a part "spec" with JSON {op, params} and one part
+ *   per input, named after it, holding a .npy file;
+ * - application/json: {op, params, inputs: {NAME: {dtype, shape, data}}} for small inputs.
+ */
+export async function readJobRequest (req: IncomingMessage, maxTensorBytes: number): Promise<JobSpec> {
+  const type = (req.headers['content-type'] ?? '').toLowerCase()
+  const declared = Number(req.headers['content-length'] ?? NaN)
+  const isJson = type.startsWith('application/json')
+  const limit = isJson ? MAX_JSON_BODY_BYTES : MAX_JOB_BODY_BYTES
+  if (declared > limit) throw new LimitExceededError(`request body of ${declared} bytes exceeds the ${limit}-byte limit`)
+  if (!isJson && !type.startsWith('multipart/form-data')) {
+    throw new InvalidInputError(`POST /v1/jobs takes multipart/form-data (a "spec" part and one .npy part per input) or application/json, not "${type.slice(0, 64)}"`, 'ERR_BAD_CONTENT_TYPE')
+  }
+  const body = boundedBody(req, limit)
+  const response = new Response(body, { headers: { 'content-type': type } })
+  if (isJson) {
+    let value: unknown
+    try {
+      value = JSON.parse(await response.text())
+    } catch (err) {
+      if (err instanceof LimitExceededError) throw err
+      throw new InvalidInputError(`job body is not valid JSON: ${errorMessage(err)}`, 'ERR_BAD_SPEC')
+    }
+    const { op, params } = checkEnvelope(value)
+    const rawInputs = (value as { inputs?: unknown }).inputs ?? {}
+    if (rawInputs === null || typeof rawInputs !== 'object' || Array.isArray(rawInputs)) throw new InvalidInputError('job spec "inputs" must be an object of named tensors', 'ERR_BAD_SPEC')
+    const inputs: Tensors = {}
+    for (const [name, t] of Object.entries(rawInputs)) {
+      if (!INPUT_NAME.test(name)) throw new InvalidInputError(`input name "${name.slice(0, 64)}" is not an identifier`, 'ERR_BAD_SPEC')
+      inputs[name] = inlineTensor(name, t)
+    }
+    return { op: op as string, params, inputs }
+  }
+  let form: FormData
+  try {
+    form = await response.formData()
+  } catch (err) {
+    const cause = (err as { cause?: unknown }).cause
+    if (cause instanceof LimitExceededError) throw cause
+    throw new InvalidInputError(`job body is not valid multipart/form-data: ${errorMessage(err)}`, 'ERR_BAD_SPEC')
+  }
+  const specPart = form.get('spec')
+  if (specPart === null) throw new InvalidInputError('multipart job has no "spec" part with {"op", "params"}', 'ERR_BAD_SPEC')
+  let specValue: unknown
+  try {
+    specValue = JSON.parse(typeof specPart === 'string' ? specPart : await specPart.text())
+  } catch (err) {
+    throw new InvalidInputError(`job "spec" part is not valid JSON: ${errorMessage(err)}`, 'ERR_BAD_SPEC')
+  }
+  const { op, params } = checkEnvelope(specValue)
+  const inputs: Tensors = {}
+  for (const [name, part] of form.entries()) {
+    if (name === 'spec') continue
+    if (!INPUT_NAME.test(name)) throw new InvalidInputError(`input name "${name.slice(0, 64)}" is not an identifier`, 'ERR_BAD_SPEC')
+    if (typeof part === 'string') throw new InvalidInputError(`input ${name} must be a .npy file part, not a text field`, 'ERR_BAD_SPEC')
+    inputs[name] = decodeNpy(new Uint8Array(await part.arrayBuffer()), name, { maxTensorBytes })
+  }
+  return { op: op as string, params, inputs }
+}
+
+/** The request body as a web stream that errors once it passes `limit` bytes. */
+function boundedBody (req: IncomingMessage, limit: number): ReadableStream<Uint8Array> {
+  let seen = 0
+  const counted = Readable.from((async function * () {
+    for await (const chunk of req) {
+      seen += (chunk as Buffer).byteLength
+      if (seen > limit) throw new LimitExceededError(`request body exceeds the ${limit}-byte limit`)
+      yield chunk as Buffer
+    }
+  })())
+  return Readable.toWeb(counted) as ReadableStream<Uint8Array>
+}

@@ -1,0 +1,159 @@
+import { randomUUID } from 'node:crypto'
+import { InvalidInputError, NotFoundError } from '../../errors.ts'
+import { getOperator } from '../../compute/operators/index.ts'
+import { describe as describeTensor } from '../../compute/tensor.ts'
+import { Coordinator } from './coordinator.ts'
+import { Job } from './job.ts'
+import type { JobSpec } from './job.ts'
+import type { ExecutorPool } from '../../compute/index.ts'
+import type { Tensors } from '../../compute/operators/types.ts'
+import type { BidAnswer, BidRequest } from '../../protocol/bid/index.ts'
+import type { WireLimits } from '../../protocol/limits.ts'
+import type { IncomingShard } from '../../protocol/shard/index.ts'
+import type { Logger } from '../log.ts'
+import type { PeerDirectory } from '../peer-directory.ts'
+import type { Libp2p } from '@libp2p/interface'
+
+/**
+ * Finished jobs kept in memory with their results. The oldest finished job is
+ * dropped past this; the journal (data directory) is where results outlive it.
+ */
+export const MAX_RETAINED_JOBS = 256
+
+/** Jobs this node coordinates at once; more wait in 'queued'. */
+export const MAX_RUNNING_JOBS = 4
+
+export interface JobManagerComponents {
+  libp2p: Libp2p
+  directory: PeerDirectory
+  pool: ExecutorPool
+  log: Logger
+}
+
+export interface JobManagerInit {
+  limits: WireLimits
+  /** Whether this node runs shards for others (and for itself). */
+  serve: boolean
+  shardsPerPeer?: number
+}
+
+/**
+ * The jobs this node coordinates, and its answers to other coordinators:
+ * bids from its own state, shards run in its pool.
+ */
+export class JobManager {
+  private readonly c: JobManagerComponents
+  private readonly init: JobManagerInit
+  private readonly jobs = new Map<string, Job>()
+  private readonly coordinator: Coordinator
+  private readonly waiting: Job[] = []
+  private running = 0
+  private accepting = true
+
+  constructor (components: JobManagerComponents, init: JobManagerInit) {
+    this.c = components
+    this.init = init
+    this.coordinator = new Coordinator({ ...components, bid: (req) => this.bid(req) }, { limits: init.limits, shardsPerPeer: init.shardsPerPeer })
+  }
+
+  /**
+   * Validates and starts a job. Throws InvalidInputError (nothing started)
+   * when the operator, an input or a param is wrong.
+   */
+  submit (spec: JobSpec): Job {
+    if (!this.accepting) throw new InvalidInputError('node is shutting down', 'ERR_SHUTTING_DOWN')
+    const op = getOperator(spec.op)
+    this.checkInputLimits(spec.inputs)
+    const plan = op.plan(spec.inputs, spec.params ?? {})
+    const job = new Job(randomUUID(), spec)
+    job.plan = plan
+    this.jobs.set(job.id, job)
+    this.evict()
+    this.waiting.push(job)
+    this.c.log.info({ job: job.id, op: spec.op, units: plan.units }, 'job submitted')
+    this.next()
+    return job
+  }
+
+  get (id: string): Job {
+    const job = this.jobs.get(id)
+    if (job === undefined) throw new NotFoundError(`no job with id ${id}`, 'ERR_JOB_NOT_FOUND')
+    return job
+  }
+
+  list (): Job[] {
+    return [...this.jobs.values()]
+  }
+
+  cancel (id: string): Job {
+    const job = this.get(id)
+    job.cancel()
+    return job
+  }
+
+  /** This node's answer to a call for bids, from its own state only. */
+  bid (req: BidRequest): BidAnswer {
+    const pool = this.c.pool
+    const decline = (reason: string): BidAnswer => ({ accept: false, units: 0, unitsPerSecond: 0, startDelayMs: 0, slots: 0, reason })
+    if (!this.accepting) return decline('node is shutting down')
+    if (!this.init.serve) return decline('this node does not run shards')
+    if (!pool.operators.includes(req.op)) return decline(`operator ${req.op} is not supported here`)
+    const smallest = req.bytesInFixed + req.bytesInPerUnit
+    if (smallest > this.init.limits.maxShardBytes) return decline(`one unit needs ${Math.round(smallest)} bytes of inputs, more than this node's ${this.init.limits.maxShardBytes}-byte shard limit`)
+    // Whole-pool rate: all slots at once. A unit with no flops (pure data movement) still costs something.
+    const unitsPerSecond = Math.max(pool.gflops, 0.1) * 1e9 / Math.max(req.flopsPerUnit, 1e3)
+    const slots = Math.max(pool.slots, 1)
+    return {
+      accept: true,
+      units: req.units,
+      unitsPerSecond,
+      startDelayMs: (pool.queued / slots) * 1000,
+      slots,
+      reason: ''
+    }
+  }
+
+  /** Runs a shard another coordinator sent; the signal is its lease. */
+  async execute (shard: IncomingShard, signal: AbortSignal): Promise<{ partial: Tensors, computeMs: number }> {
+    if (!this.accepting || !this.init.serve) throw new InvalidInputError('this node does not run shards now', 'ERR_NOT_SERVING')
+    const op = getOperator(shard.task.op)
+    const units = op.validateTask(shard.task)
+    if (units !== shard.end - shard.start) throw new InvalidInputError(`shard declares units ${shard.start}..${shard.end} but carries ${units}`, 'ERR_BAD_RANGE')
+    return await this.c.pool.run(shard.task, { signal, transfer: true })
+  }
+
+  /** Stops taking work and cancels the jobs this node coordinates. */
+  stop (): void {
+    this.accepting = false
+    for (const job of this.jobs.values()) job.cancel()
+  }
+
+  private checkInputLimits (inputs: Tensors): void {
+    for (const [name, t] of Object.entries(inputs)) {
+      if (t.data.byteLength > this.init.limits.maxTensorBytes) {
+        throw new InvalidInputError(`input ${name} (${describeTensor(t)}) is ${t.data.byteLength} bytes, more than the ${this.init.limits.maxTensorBytes}-byte tensor limit`, 'ERR_LIMIT_EXCEEDED')
+      }
+    }
+  }
+
+  private next (): void {
+    while (this.running < MAX_RUNNING_JOBS && this.waiting.length > 0) {
+      const job = this.waiting.shift()
+      if (job === undefined || job.finished) continue
+      this.running++
+      this.coordinator.run(job).finally(() => {
+        this.running--
+        this.c.log.info({ job: job.id, state: job.state, ms: (job.finishedAt ?? Date.now()) - job.createdAt }, 'job finished')
+        this.next()
+      })
+    }
+  }
+
+  private evict (): void {
+    if (this.jobs.size <= MAX_RETAINED_JOBS) return
+    for (const [id, job] of this.jobs) {
+      if (this.jobs.size <= MAX_RETAINED_JOBS) break
+      if (job.finished) this.jobs.delete(id)
+    }
+  }
+}

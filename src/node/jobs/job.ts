@@ -1,0 +1,181 @@
+import { TypedEventEmitter } from '@libp2p/interface'
+import { TensormeshError } from '../../errors.ts'
+import type { HostTensor } from '../../compute/tensor.ts'
+import type { JobPlan, Params, Tensors } from '../../compute/operators/types.ts'
+
+export type JobState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled'
+
+export const TERMINAL_STATES: readonly JobState[] = ['succeeded', 'failed', 'cancelled']
+
+/** What a caller submits: an operator name, named input tensors, params. */
+export interface JobSpec {
+  op: string
+  inputs: Tensors
+  params?: Params
+}
+
+/** One try of a shard on one peer. */
+export interface ShardAttempt {
+  peer: string
+  startedAt: number
+  ms?: number
+  computeMs?: number
+  /** Why it failed, when it did. */
+  error?: { code: string, message: string }
+  /** 'backup' for a copy started while another attempt still ran. */
+  kind: 'first' | 'retry' | 'backup'
+}
+
+export interface ShardRecord {
+  index: number
+  start: number
+  end: number
+  state: 'pending' | 'running' | 'done' | 'failed'
+  /** The peer whose partial was used. */
+  peer?: string
+  attempts: number
+  /** Wall time of the winning attempt, ms, from send to partial. */
+  ms?: number
+  computeMs?: number
+  bytesIn: number
+  bytesOut: number
+  history: ShardAttempt[]
+}
+
+export interface BidRecord {
+  peer: string
+  accept: boolean
+  unitsPerSecond?: number
+  reason?: string
+}
+
+/** The JSON form of a job (GET /v1/jobs/:id). */
+export interface JobView {
+  id: string
+  op: string
+  params: Params
+  inputs: Record<string, { dtype: string, shape: number[] }>
+  state: JobState
+  createdAt: string
+  startedAt?: string
+  finishedAt?: string
+  elapsedMs?: number
+  progress: { done: number, total: number }
+  output?: { dtype: string, shape: number[] }
+  error?: { code: string, message: string }
+  bids: BidRecord[]
+  shards: ShardRecord[]
+}
+
+export interface JobEvents {
+  progress: CustomEvent<{ done: number, total: number }>
+  state: CustomEvent<JobState>
+}
+
+/** The job's failure, with a stable code; the message names the shard and each cause. */
+export class JobFailedError extends TensormeshError {}
+
+/**
+ * A job and its record. The coordinator drives it; callers watch it through
+ * events and `result()`.
+ */
+export class Job extends TypedEventEmitter<JobEvents> {
+  readonly id: string
+  readonly op: string
+  readonly params: Params
+  readonly inputDescs: Record<string, { dtype: string, shape: number[] }>
+  readonly createdAt = Date.now()
+  readonly controller = new AbortController()
+  plan?: JobPlan
+  inputs?: Tensors
+  state: JobState = 'queued'
+  startedAt?: number
+  finishedAt?: number
+  shards: ShardRecord[] = []
+  bids: BidRecord[] = []
+  output?: HostTensor
+  error?: { code: string, message: string }
+  private readonly settled: Promise<HostTensor>
+  private resolveResult: (t: HostTensor) => void = () => {}
+  private rejectResult: (err: Error) => void = () => {}
+
+  constructor (id: string, spec: JobSpec) {
+    super()
+    this.id = id
+    this.op = spec.op
+    this.params = spec.params ?? {}
+    this.inputs = spec.inputs
+    this.inputDescs = Object.fromEntries(Object.entries(spec.inputs).map(([k, t]) => [k, { dtype: t.dtype, shape: [...t.shape] }]))
+    this.settled = new Promise<HostTensor>((resolve, reject) => {
+      this.resolveResult = resolve
+      this.rejectResult = reject
+    })
+    // A caller that never asks for result() must not see an unhandled rejection.
+    this.settled.catch(() => {})
+  }
+
+  get done (): number {
+    return this.shards.filter(s => s.state === 'done').length
+  }
+
+  get finished (): boolean {
+    return TERMINAL_STATES.includes(this.state)
+  }
+
+  /** The result tensor once the job succeeds; rejects with the job's error otherwise. */
+  async result (): Promise<HostTensor> {
+    return await this.settled
+  }
+
+  cancel (): boolean {
+    if (this.finished) return false
+    this.controller.abort(new TensormeshError('ERR_CANCELLED', `job ${this.id} was cancelled`))
+    this.finish('cancelled', undefined, { code: 'ERR_CANCELLED', message: 'cancelled by the user' })
+    return true
+  }
+
+  setState (state: JobState): void {
+    this.state = state
+    if (state === 'running') this.startedAt = Date.now()
+    this.safeDispatchEvent('state', { detail: state })
+  }
+
+  progressed (): void {
+    this.safeDispatchEvent('progress', { detail: { done: this.done, total: this.shards.length } })
+  }
+
+  finish (state: 'succeeded' | 'failed' | 'cancelled', output?: HostTensor, error?: { code: string, message: string }): void {
+    if (this.finished) return
+    this.finishedAt = Date.now()
+    this.output = output
+    this.error = error
+    // Inputs are only needed while shards may still be retried.
+    this.inputs = undefined
+    this.setState(state)
+    if (output !== undefined) this.resolveResult(output)
+    else this.rejectResult(new JobFailedError(error?.code ?? 'ERR_JOB_FAILED', error?.message ?? state))
+  }
+
+  toJSON (): JobView {
+    const view: JobView = {
+      id: this.id,
+      op: this.op,
+      params: this.params,
+      inputs: this.inputDescs,
+      state: this.state,
+      createdAt: new Date(this.createdAt).toISOString(),
+      progress: { done: this.done, total: this.shards.length },
+      bids: this.bids,
+      shards: this.shards
+    }
+    if (this.startedAt !== undefined) view.startedAt = new Date(this.startedAt).toISOString()
+    if (this.finishedAt !== undefined) {
+      view.finishedAt = new Date(this.finishedAt).toISOString()
+      view.elapsedMs = this.finishedAt - this.createdAt
+    }
+    if (this.output !== undefined) view.output = { dtype: this.output.dtype, shape: this.output.shape }
+    else if (this.plan !== undefined) view.output = { dtype: this.plan.output.dtype, shape: this.plan.output.shape }
+    if (this.error !== undefined) view.error = this.error
+    return view
+  }
+}

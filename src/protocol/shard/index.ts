@@ -1,0 +1,188 @@
+/**
+ * /tensormesh/shard/1.0.0: one shard per stream. The coordinator sends a
+ * header (job, shard, operator, params, tensor descriptors) and the tensor
+ * bytes; the peer runs the shard in its executor pool and answers with a
+ * result header and the partial's bytes. A peer stops working on a shard as
+ * soon as the stream goes away (the coordinator cancelled it or died).
+ */
+import { lpStream } from '@libp2p/utils'
+import { ProtocolError, TensormeshError, errorCode, errorMessage } from '../../errors.ts'
+import { messageCodec } from '../codec.ts'
+import { CHUNK_BYTES, DEFAULT_WIRE_LIMITS, MAX_HEADER_BYTES, MAX_PARAMS_BYTES, MAX_TENSORS_PER_FRAME } from '../limits.ts'
+import { peerText } from '../sanitize.ts'
+import { TensorDescCodec, checkDescs, describeTensors, readTensorBytes, writeTensorBytes } from '../tensor-frames.ts'
+import type { Params, ShardTask, Tensors } from '../../compute/operators/types.ts'
+import type { WireLimits } from '../limits.ts'
+import type { TensorDesc } from '../tensor-frames.ts'
+import type { Libp2p, PeerId, Stream, Connection } from '@libp2p/interface'
+import type { Logger } from 'pino'
+
+export const SHARD_PROTOCOL = '/tensormesh/shard/1.0.0'
+
+/** Shards a peer serves at once per connection; more queue in its pool's bounded queue or are refused. */
+export const MAX_INBOUND_SHARD_STREAMS = 32
+
+export interface ShardHeader {
+  jobId: string
+  index: number
+  attempt: number
+  op: string
+  /** The operator's params as JSON text. */
+  params: string
+  start: number
+  end: number
+  tensors: TensorDesc[]
+}
+
+export interface ResultHeader {
+  ok: boolean
+  errorCode: string
+  errorMessage: string
+  computeMs: number
+  tensors: TensorDesc[]
+}
+
+const ShardHeaderCodec = messageCodec<ShardHeader>('ShardHeader', {
+  jobId: { no: 1, kind: 'string', maxBytes: 64 },
+  index: { no: 2, kind: 'uint32' },
+  attempt: { no: 3, kind: 'uint32' },
+  op: { no: 4, kind: 'string', maxBytes: 64 },
+  params: { no: 5, kind: 'string', maxBytes: MAX_PARAMS_BYTES },
+  start: { no: 6, kind: 'uint64' },
+  end: { no: 7, kind: 'uint64' },
+  tensors: { no: 8, kind: 'message', codec: TensorDescCodec, repeated: true, maxCount: MAX_TENSORS_PER_FRAME }
+}, MAX_HEADER_BYTES)
+
+const ResultHeaderCodec = messageCodec<ResultHeader>('ResultHeader', {
+  ok: { no: 1, kind: 'bool' },
+  errorCode: { no: 2, kind: 'string', maxBytes: 64 },
+  errorMessage: { no: 3, kind: 'string', maxBytes: 2048 },
+  computeMs: { no: 4, kind: 'double' },
+  tensors: { no: 5, kind: 'message', codec: TensorDescCodec, repeated: true, maxCount: MAX_TENSORS_PER_FRAME }
+}, MAX_HEADER_BYTES)
+
+export { ShardHeaderCodec, ResultHeaderCodec }
+
+/** The peer answered that the shard failed there (its code is kept in `remoteCode`). */
+export class RemoteShardError extends TensormeshError {
+  readonly remoteCode: string
+
+  constructor (remoteCode: string, message: string) {
+    super('ERR_SHARD_REMOTE', message)
+    this.remoteCode = remoteCode
+  }
+}
+
+/** What the peer-side handler gets: the checked header and the shard's task. */
+export interface IncomingShard {
+  jobId: string
+  index: number
+  attempt: number
+  start: number
+  end: number
+  task: ShardTask
+  from: PeerId
+}
+
+export type ShardExecutor = (shard: IncomingShard, signal: AbortSignal) => Promise<{ partial: Tensors, computeMs: number }>
+
+function parseParams (text: string): Params {
+  let value: unknown
+  try {
+    value = text === '' ? {} : JSON.parse(text)
+  } catch {
+    throw new ProtocolError('shard params are not JSON', 'ERR_BAD_PARAMS')
+  }
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new ProtocolError('shard params are not a JSON object', 'ERR_BAD_PARAMS')
+  return value as Params
+}
+
+/** Serves shards: reads one, runs it through `execute`, answers with the partial. */
+export async function registerShardHandler (libp2p: Libp2p, execute: ShardExecutor, log: Logger, limits: WireLimits = DEFAULT_WIRE_LIMITS): Promise<void> {
+  await libp2p.handle(SHARD_PROTOCOL, async (stream: Stream, connection: Connection) => {
+    const from = connection.remotePeer
+    const lp = lpStream(stream, { maxDataLength: CHUNK_BYTES })
+    // The lease: when the stream closes before we answer, the work is for nobody.
+    const lease = new AbortController()
+    const onClose = (): void => { lease.abort(new TensormeshError('ERR_LEASE_LOST', 'the coordinator closed the shard stream')) }
+    stream.addEventListener('close', onClose)
+    let answered = false
+    try {
+      const headerFrame = await lp.read({ signal: AbortSignal.timeout(limits.frameTimeoutMs) })
+      if (headerFrame.byteLength > MAX_HEADER_BYTES) throw new ProtocolError('shard header too long', 'ERR_MESSAGE_TOO_LONG')
+      const header = ShardHeaderCodec.decode(headerFrame.subarray())
+      const params = parseParams(header.params)
+      if (header.end < header.start) throw new ProtocolError('shard range ends before it starts', 'ERR_BAD_RANGE')
+      checkDescs(header.tensors, limits, 'shard request')
+      const { tensors } = await readTensorBytes(lp, header.tensors, limits, 'shard request')
+      const result = await execute({
+        jobId: header.jobId, index: header.index, attempt: header.attempt, start: header.start, end: header.end, from,
+        task: { op: header.op, params, inputs: tensors }
+      }, lease.signal)
+      const out = Object.values(result.partial)
+      answered = true
+      await lp.write(ResultHeaderCodec.encode({ ok: true, errorCode: '', errorMessage: '', computeMs: result.computeMs, tensors: describeTensors(result.partial) }))
+      await writeTensorBytes(lp, out)
+      await stream.close({ signal: AbortSignal.timeout(limits.frameTimeoutMs) })
+    } catch (err) {
+      log.debug({ peer: from.toString(), code: errorCode(err), err: errorMessage(err) }, 'shard failed')
+      if (!answered && !lease.signal.aborted) {
+        // Tell the coordinator why, in a frame it can decode; then close.
+        try {
+          await lp.write(ResultHeaderCodec.encode({ ok: false, errorCode: errorCode(err), errorMessage: errorMessage(err).slice(0, 2000), computeMs: 0, tensors: [] }), { signal: AbortSignal.timeout(limits.frameTimeoutMs) })
+          await stream.close({ signal: AbortSignal.timeout(limits.frameTimeoutMs) })
+          return
+        } catch {}
+      }
+      stream.abort(err instanceof Error ? err : new Error(String(err)))
+    } finally {
+      stream.removeEventListener('close', onClose)
+    }
+  }, { maxInboundStreams: MAX_INBOUND_SHARD_STREAMS, maxOutboundStreams: MAX_INBOUND_SHARD_STREAMS })
+}
+
+export interface OutgoingShard {
+  jobId: string
+  index: number
+  attempt: number
+  start: number
+  end: number
+  task: ShardTask
+}
+
+export interface ShardOutcome {
+  partial: Tensors
+  computeMs: number
+  bytesOut: number
+  bytesIn: number
+}
+
+/** Sends one shard to a peer and waits for its partial. */
+export async function sendShard (libp2p: Libp2p, peer: PeerId, shard: OutgoingShard, signal: AbortSignal, limits: WireLimits = DEFAULT_WIRE_LIMITS): Promise<ShardOutcome> {
+  const stream = await libp2p.dialProtocol(peer, SHARD_PROTOCOL, { signal })
+  const onAbort = (): void => { stream.abort(new TensormeshError('ERR_ABORTED', 'shard cancelled')) }
+  signal.addEventListener('abort', onAbort)
+  try {
+    const lp = lpStream(stream, { maxDataLength: CHUNK_BYTES })
+    const header: ShardHeader = {
+      jobId: shard.jobId, index: shard.index, attempt: shard.attempt, op: shard.task.op,
+      params: JSON.stringify(shard.task.params), start: shard.start, end: shard.end,
+      tensors: describeTensors(shard.task.inputs)
+    }
+    await lp.write(ShardHeaderCodec.encode(header), { signal })
+    const bytesOut = await writeTensorBytes(lp, Object.values(shard.task.inputs), { signal })
+    // The peer computes now; the reply's first frame may take as long as the shard does.
+    const resultFrame = await lp.read({ signal })
+    const result = ResultHeaderCodec.decode(resultFrame.subarray())
+    if (!result.ok) throw new RemoteShardError(peerText(result.errorCode), peerText(result.errorMessage))
+    if (!Number.isFinite(result.computeMs) || result.computeMs < 0) throw new ProtocolError('result header: computeMs is not a finite non-negative number', 'ERR_BAD_RESULT')
+    const { tensors, bytes } = await readTensorBytes(lp, result.tensors, limits, 'shard result')
+    await stream.close({ signal }).catch(() => {})
+    return { partial: tensors, computeMs: result.computeMs, bytesOut, bytesIn: bytes }
+  } catch (err) {
+    stream.abort(err instanceof Error ? err : new Error(String(err)))
+    throw err
+  } finally {
+    signal.removeEventListener('abort', onAbort)
+  }
+}
