@@ -160,7 +160,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
       this.pool.addEventListener('change', () => { this.capacity?.changed() })
       this.jobManager = new JobManager(
         { libp2p: this.libp2p, directory: this.directory, pool: this.pool, log: this.log },
-        { limits: this.limits, serve: this.init.serve !== false, shardsPerPeer: this.init.shardsPerPeer }
+        { limits: this.limits, serve: this.init.serve !== false, shardsPerPeer: this.init.shardsPerPeer, hooks: this.init.hooks }
       )
       const jobs = this.jobManager
       await registerBidHandler(this.libp2p, (req) => jobs.bid(req), this.log)

@@ -1,6 +1,7 @@
 import type { Logger } from './log.ts'
 import type { BackendChoice } from '../compute/index.ts'
 import type { WireLimits } from '../protocol/limits.ts'
+import type { JobHooks } from './jobs/coordinator.ts'
 
 /** A node's options as plain data; the CLI translates its flags into this in one place. */
 export interface MeshNodeInit {
@@ -26,5 +27,7 @@ export interface MeshNodeInit {
   limits?: Partial<WireLimits>
   /** Shards cut per accepting peer (default 2). */
   shardsPerPeer?: number
+  /** Test and fault-injection seams in a job's life; never set by the CLI. */
+  hooks?: JobHooks
   logger?: Logger
 }

@@ -45,9 +45,18 @@ export interface CoordinatorComponents {
   bid: (req: BidRequest) => BidAnswer
 }
 
+/**
+ * Seams for tests and fault injection: called at fixed points of a job's
+ * life and awaited, so a test can stop a peer between bid and shard.
+ */
+export interface JobHooks {
+  afterBids?: (job: Job) => Promise<void> | void
+}
+
 export interface CoordinatorInit {
   shardsPerPeer?: number
   limits: WireLimits
+  hooks?: JobHooks
 }
 
 interface Worker {
@@ -87,6 +96,8 @@ export class Coordinator {
     job.setState('running')
     try {
       const bids = await this.collectBids(job)
+      await this.init.hooks?.afterBids?.(job)
+      if (job.finished) return
       const accepted = bids.filter(b => b.answer?.accept === true)
       if (accepted.length === 0) {
         throw new TensormeshError('ERR_NO_CAPACITY', `no peer accepted job ${job.id}: ${bids.map(b => `${short(b.peer)}: ${b.answer?.reason ?? 'no answer'}`).join('; ') || 'no candidates'}`)

@@ -5,6 +5,7 @@ import { describe as describeTensor } from '../../compute/tensor.ts'
 import { Coordinator } from './coordinator.ts'
 import { Job } from './job.ts'
 import type { JobSpec } from './job.ts'
+import type { JobHooks } from './coordinator.ts'
 import type { ExecutorPool } from '../../compute/index.ts'
 import type { Tensors } from '../../compute/operators/types.ts'
 import type { BidAnswer, BidRequest } from '../../protocol/bid/index.ts'
@@ -35,6 +36,7 @@ export interface JobManagerInit {
   /** Whether this node runs shards for others (and for itself). */
   serve: boolean
   shardsPerPeer?: number
+  hooks?: JobHooks
 }
 
 /**
@@ -53,7 +55,7 @@ export class JobManager {
   constructor (components: JobManagerComponents, init: JobManagerInit) {
     this.c = components
     this.init = init
-    this.coordinator = new Coordinator({ ...components, bid: (req) => this.bid(req) }, { limits: init.limits, shardsPerPeer: init.shardsPerPeer })
+    this.coordinator = new Coordinator({ ...components, bid: (req) => this.bid(req) }, { limits: init.limits, shardsPerPeer: init.shardsPerPeer, hooks: init.hooks })
   }
 
   /**

@@ -80,28 +80,32 @@ export function validateBidAnswer (a: BidAnswer): BidAnswer {
 
 export type Bidder = (req: BidRequest, from: PeerId) => BidAnswer
 
+/** Answers one call for bids on an open stream (the protocol handler's body). */
+export async function handleBidStream (stream: Stream, from: PeerId, bidder: Bidder, log: Logger): Promise<void> {
+  const lp = lpStream(stream, { maxDataLength: MAX_BID_MESSAGE_BYTES })
+  const signal = AbortSignal.timeout(BID_TIMEOUT_MS)
+  try {
+    const req = validateBidRequest(BidRequestCodec.decode((await lp.read({ signal })).subarray()))
+    const answer = bidder(req, from)
+    await lp.write(BidAnswerCodec.encode(answer), { signal })
+    await stream.close({ signal })
+  } catch (err) {
+    log.debug({ peer: from.toString(), code: errorCode(err), err: errorMessage(err) }, 'bid request dropped')
+    stream.abort(err instanceof Error ? err : new Error(String(err)))
+  }
+}
+
 /** Serves bids from the node's own state through `bidder`. */
 export async function registerBidHandler (libp2p: Libp2p, bidder: Bidder, log: Logger): Promise<void> {
   await libp2p.handle(BID_PROTOCOL, async (stream: Stream, connection: Connection) => {
-    const lp = lpStream(stream, { maxDataLength: MAX_BID_MESSAGE_BYTES })
-    const signal = AbortSignal.timeout(BID_TIMEOUT_MS)
-    try {
-      const req = validateBidRequest(BidRequestCodec.decode((await lp.read({ signal })).subarray()))
-      const answer = bidder(req, connection.remotePeer)
-      await lp.write(BidAnswerCodec.encode(answer), { signal })
-      await stream.close({ signal })
-    } catch (err) {
-      log.debug({ peer: connection.remotePeer.toString(), code: errorCode(err), err: errorMessage(err) }, 'bid request dropped')
-      stream.abort(err instanceof Error ? err : new Error(String(err)))
-    }
+    await handleBidStream(stream, connection.remotePeer, bidder, log)
   }, { maxInboundStreams: 64 })
 }
 
-/** Asks one peer for a bid; throws on a failed, slow or malformed answer. */
-export async function requestBid (libp2p: Libp2p, peer: PeerId, req: BidRequest, signal?: AbortSignal): Promise<BidAnswer> {
+/** Sends a call for bids on an open stream and reads the answer. */
+export async function bidOverStream (stream: Stream, req: BidRequest, signal?: AbortSignal): Promise<BidAnswer> {
   const timeout = AbortSignal.timeout(BID_TIMEOUT_MS)
   const sig = signal === undefined ? timeout : AbortSignal.any([signal, timeout])
-  const stream = await libp2p.dialProtocol(peer, BID_PROTOCOL, { signal: sig })
   try {
     const lp = lpStream(stream, { maxDataLength: MAX_BID_MESSAGE_BYTES })
     await lp.write(BidRequestCodec.encode(req), { signal: sig })
@@ -112,4 +116,11 @@ export async function requestBid (libp2p: Libp2p, peer: PeerId, req: BidRequest,
     stream.abort(err instanceof Error ? err : new Error(String(err)))
     throw err
   }
+}
+
+/** Asks one peer for a bid; throws on a failed, slow or malformed answer. */
+export async function requestBid (libp2p: Libp2p, peer: PeerId, req: BidRequest, signal?: AbortSignal): Promise<BidAnswer> {
+  const timeout = AbortSignal.timeout(BID_TIMEOUT_MS)
+  const stream = await libp2p.dialProtocol(peer, BID_PROTOCOL, { signal: signal === undefined ? timeout : AbortSignal.any([signal, timeout]) })
+  return await bidOverStream(stream, req, signal)
 }

@@ -100,45 +100,49 @@ function parseParams (text: string): Params {
 /** Serves shards: reads one, runs it through `execute`, answers with the partial. */
 export async function registerShardHandler (libp2p: Libp2p, execute: ShardExecutor, log: Logger, limits: WireLimits = DEFAULT_WIRE_LIMITS): Promise<void> {
   await libp2p.handle(SHARD_PROTOCOL, async (stream: Stream, connection: Connection) => {
-    const from = connection.remotePeer
-    const lp = lpStream(stream, { maxDataLength: CHUNK_BYTES })
-    // The lease: when the stream closes before we answer, the work is for nobody.
-    const lease = new AbortController()
-    const onClose = (): void => { lease.abort(new TensormeshError('ERR_LEASE_LOST', 'the coordinator closed the shard stream')) }
-    stream.addEventListener('close', onClose)
-    let answered = false
-    try {
-      const headerFrame = await lp.read({ signal: AbortSignal.timeout(limits.frameTimeoutMs) })
-      if (headerFrame.byteLength > MAX_HEADER_BYTES) throw new ProtocolError('shard header too long', 'ERR_MESSAGE_TOO_LONG')
-      const header = ShardHeaderCodec.decode(headerFrame.subarray())
-      const params = parseParams(header.params)
-      if (header.end < header.start) throw new ProtocolError('shard range ends before it starts', 'ERR_BAD_RANGE')
-      checkDescs(header.tensors, limits, 'shard request')
-      const { tensors } = await readTensorBytes(lp, header.tensors, limits, 'shard request')
-      const result = await execute({
-        jobId: header.jobId, index: header.index, attempt: header.attempt, start: header.start, end: header.end, from,
-        task: { op: header.op, params, inputs: tensors }
-      }, lease.signal)
-      const out = Object.values(result.partial)
-      answered = true
-      await lp.write(ResultHeaderCodec.encode({ ok: true, errorCode: '', errorMessage: '', computeMs: result.computeMs, tensors: describeTensors(result.partial) }))
-      await writeTensorBytes(lp, out)
-      await stream.close({ signal: AbortSignal.timeout(limits.frameTimeoutMs) })
-    } catch (err) {
-      log.debug({ peer: from.toString(), code: errorCode(err), err: errorMessage(err) }, 'shard failed')
-      if (!answered && !lease.signal.aborted) {
-        // Tell the coordinator why, in a frame it can decode; then close.
-        try {
-          await lp.write(ResultHeaderCodec.encode({ ok: false, errorCode: errorCode(err), errorMessage: errorMessage(err).slice(0, 2000), computeMs: 0, tensors: [] }), { signal: AbortSignal.timeout(limits.frameTimeoutMs) })
-          await stream.close({ signal: AbortSignal.timeout(limits.frameTimeoutMs) })
-          return
-        } catch {}
-      }
-      stream.abort(err instanceof Error ? err : new Error(String(err)))
-    } finally {
-      stream.removeEventListener('close', onClose)
-    }
+    await handleShardStream(stream, connection.remotePeer, execute, log, limits)
   }, { maxInboundStreams: MAX_INBOUND_SHARD_STREAMS, maxOutboundStreams: MAX_INBOUND_SHARD_STREAMS })
+}
+
+/** Serves one shard on an open stream (the protocol handler's body). */
+export async function handleShardStream (stream: Stream, from: PeerId, execute: ShardExecutor, log: Logger, limits: WireLimits = DEFAULT_WIRE_LIMITS): Promise<void> {
+  const lp = lpStream(stream, { maxDataLength: CHUNK_BYTES })
+  // The lease: when the stream closes before we answer, the work is for nobody.
+  const lease = new AbortController()
+  const onClose = (): void => { lease.abort(new TensormeshError('ERR_LEASE_LOST', 'the coordinator closed the shard stream')) }
+  stream.addEventListener('close', onClose)
+  let answered = false
+  try {
+    const headerFrame = await lp.read({ signal: AbortSignal.timeout(limits.frameTimeoutMs) })
+    if (headerFrame.byteLength > MAX_HEADER_BYTES) throw new ProtocolError('shard header too long', 'ERR_MESSAGE_TOO_LONG')
+    const header = ShardHeaderCodec.decode(headerFrame.subarray())
+    const params = parseParams(header.params)
+    if (header.end < header.start) throw new ProtocolError('shard range ends before it starts', 'ERR_BAD_RANGE')
+    checkDescs(header.tensors, limits, 'shard request')
+    const { tensors } = await readTensorBytes(lp, header.tensors, limits, 'shard request')
+    const result = await execute({
+      jobId: header.jobId, index: header.index, attempt: header.attempt, start: header.start, end: header.end, from,
+      task: { op: header.op, params, inputs: tensors }
+    }, lease.signal)
+    const out = Object.values(result.partial)
+    answered = true
+    await lp.write(ResultHeaderCodec.encode({ ok: true, errorCode: '', errorMessage: '', computeMs: result.computeMs, tensors: describeTensors(result.partial) }))
+    await writeTensorBytes(lp, out)
+    await stream.close({ signal: AbortSignal.timeout(limits.frameTimeoutMs) })
+  } catch (err) {
+    log.debug({ peer: from.toString(), code: errorCode(err), err: errorMessage(err) }, 'shard failed')
+    if (!answered && !lease.signal.aborted) {
+      // Tell the coordinator why, in a frame it can decode; then close.
+      try {
+        await lp.write(ResultHeaderCodec.encode({ ok: false, errorCode: errorCode(err), errorMessage: errorMessage(err).slice(0, 2000), computeMs: 0, tensors: [] }), { signal: AbortSignal.timeout(limits.frameTimeoutMs) })
+        await stream.close({ signal: AbortSignal.timeout(limits.frameTimeoutMs) })
+        return
+      } catch {}
+    }
+    stream.abort(err instanceof Error ? err : new Error(String(err)))
+  } finally {
+    stream.removeEventListener('close', onClose)
+  }
 }
 
 export interface OutgoingShard {
@@ -160,6 +164,11 @@ export interface ShardOutcome {
 /** Sends one shard to a peer and waits for its partial. */
 export async function sendShard (libp2p: Libp2p, peer: PeerId, shard: OutgoingShard, signal: AbortSignal, limits: WireLimits = DEFAULT_WIRE_LIMITS): Promise<ShardOutcome> {
   const stream = await libp2p.dialProtocol(peer, SHARD_PROTOCOL, { signal })
+  return await shardOverStream(stream, shard, signal, limits)
+}
+
+/** Runs the coordinator's side of one shard on an open stream. */
+export async function shardOverStream (stream: Stream, shard: OutgoingShard, signal: AbortSignal, limits: WireLimits = DEFAULT_WIRE_LIMITS): Promise<ShardOutcome> {
   const onAbort = (): void => { stream.abort(new TensormeshError('ERR_ABORTED', 'shard cancelled')) }
   signal.addEventListener('abort', onAbort)
   try {

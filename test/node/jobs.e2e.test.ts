@@ -1,0 +1,176 @@
+import { readFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { decodeNpy } from '../../src/compute/npy.ts'
+import { ApiClient, ApiError } from '../../src/node/client.ts'
+import { startMesh, stopAll } from '../helpers/mesh.ts'
+import { load, numpy, relError } from '../helpers/numpy.ts'
+import type { MeshNode } from '../../src/node/mesh-node.ts'
+import type { JobView } from '../../src/node/jobs/job.ts'
+
+/** float32 products summed over k ~ 200 terms: 1e-4 relative to the largest entry is loose for fp32 and tight for any wrong row. */
+const MATMUL_TOLERANCE = 1e-4
+
+let dir: string
+
+beforeAll(() => {
+  dir = numpy(`
+rng = np.random.default_rng(7)
+a = rng.standard_normal((37, 211)).astype(np.float32)
+b = rng.standard_normal((211, 23)).astype(np.float32)
+np.save(f'{out}/a.npy', a); np.save(f'{out}/b.npy', b)
+np.save(f'{out}/ab.npy', (a.astype(np.float64) @ b.astype(np.float64)).astype(np.float32))
+x = rng.standard_normal((101, 5)).astype(np.float32)
+np.save(f'{out}/x.npy', x)
+np.save(f'{out}/map.npy', np.tanh(np.maximum(x * 2.0 + 0.5, 0)).astype(np.float32))
+np.save(f'{out}/mean0.npy', x.astype(np.float64).mean(axis=0).astype(np.float32))
+np.save(f'{out}/max.npy', np.array(x.max(), dtype=np.float32))
+`)
+})
+
+describe('jobs on a three-node mesh', () => {
+  let nodes: MeshNode[] = []
+  let a: MeshNode
+
+  beforeAll(async () => {
+    nodes = await startMesh(3)
+    a = nodes[0] as MeshNode
+  })
+
+  afterAll(async () => {
+    await stopAll(nodes)
+  })
+
+  it('a matmul of odd shapes equals numpy and ran on every peer', async () => {
+    const job = a.submit({ op: 'matmul', inputs: { a: await load(dir, 'a'), b: await load(dir, 'b') } })
+    const out = await job.result()
+    const ref = await load(dir, 'ab')
+    expect(out.shape).toEqual([37, 23])
+    expect(relError(out.data, ref.data)).toBeLessThan(MATMUL_TOLERANCE)
+    const peers = new Set(job.shards.map(s => s.peer))
+    expect(peers.size).toBe(3)
+    expect(job.shards.length).toBeGreaterThanOrEqual(6)
+    expect(job.toJSON().state).toBe('succeeded')
+  })
+
+  it('map and reduce jobs equal numpy', async () => {
+    const x = await load(dir, 'x')
+    const mapped = await a.submit({ op: 'map', inputs: { x }, params: { ops: [{ op: 'mul', value: 2 }, { op: 'add', value: 0.5 }, { op: 'relu' }, { op: 'tanh' }] } }).result()
+    expect(relError(mapped.data, (await load(dir, 'map')).data)).toBeLessThan(1e-5)
+    const mean0 = await a.submit({ op: 'reduce', inputs: { x }, params: { op: 'mean', axis: 0 } }).result()
+    expect(mean0.shape).toEqual([5])
+    expect(relError(mean0.data, (await load(dir, 'mean0')).data)).toBeLessThan(1e-5)
+    const max = await a.submit({ op: 'reduce', inputs: { x }, params: { op: 'max' } }).result()
+    expect(max.shape).toEqual([])
+    expect(max.data[0]).toBe((await load(dir, 'max')).data[0])
+  })
+
+  it('refuses bad jobs before any shard starts, with codes that name the problem', async () => {
+    const good = await load(dir, 'a')
+    const cases: Array<[Parameters<MeshNode['submit']>[0], string, RegExp]> = [
+      [{ op: 'convolve', inputs: {} }, 'ERR_UNKNOWN_OPERATOR', /convolve.*matmul/],
+      [{ op: 'matmul', inputs: { a: good } }, '', /\bb\b/],
+      [{ op: 'matmul', inputs: { a: good, b: good } }, '', /\[37, 211\].*\[37, 211\]/],
+      [{ op: 'reduce', inputs: { x: good }, params: { op: 'sum', axis: 3 } }, '', /axis/]
+    ]
+    for (const [spec, code, message] of cases) {
+      let caught: unknown
+      try {
+        a.submit(spec)
+      } catch (err) {
+        caught = err
+      }
+      expect(caught).toBeInstanceOf(Error)
+      expect((caught as Error).name).toBe('InvalidInputError')
+      if (code !== '') expect((caught as { code: string }).code).toBe(code)
+      expect((caught as Error).message).toMatch(message)
+    }
+    expect(a.jobs.list().every(j => j.op !== 'convolve')).toBe(true)
+  })
+
+  it('serves jobs over HTTP: inline JSON, errors as JSON 400, result as .npy', async () => {
+    const client = new ApiClient(a.apiUrl ?? '')
+    const bad = await client.json('POST', '/v1/jobs', { op: 'matmul', inputs: { a: { shape: [2, 3], data: [1, 2, 3, 4, 5, 6] }, b: { shape: [2, 2], data: [1, 0, 0, 1] } } }).catch((err: unknown) => err)
+    expect(bad).toBeInstanceOf(ApiError)
+    expect((bad as ApiError).status).toBe(400)
+    expect((bad as ApiError).message).toMatch(/\[2, 3\].*\[2, 2\]/)
+    expect((await client.node()).peerId).toBe(a.peerId.toString())
+
+    const job = await client.json<JobView>('POST', '/v1/jobs', { op: 'matmul', inputs: { a: { shape: [2, 3], data: [1, 2, 3, 4, 5, 6] }, b: { shape: [3, 1], data: [1, 1, 1] } } })
+    await a.jobs.get(job.id).result().catch(() => {})
+    const res = await client.request('GET', `/v1/jobs/${job.id}/result`)
+    const out = decodeNpy(new Uint8Array(await res.arrayBuffer()), 'result')
+    expect([...out.data]).toEqual([6, 15])
+    const missing = await client.json('GET', '/v1/jobs/nope').catch((err: unknown) => err)
+    expect((missing as ApiError).status).toBe(404)
+    expect((missing as ApiError).code).toBe('ERR_JOB_NOT_FOUND')
+  })
+
+  it('takes a 64 MiB input through POST /v1/jobs as multipart .npy', async () => {
+    const big = numpy(`
+rng = np.random.default_rng(3)
+a = rng.standard_normal((4096, 4096)).astype(np.float32)
+b = rng.standard_normal((4096, 3)).astype(np.float32)
+np.save(f'{out}/a.npy', a); np.save(f'{out}/b.npy', b)
+np.save(f'{out}/ab.npy', (a.astype(np.float64) @ b.astype(np.float64)).astype(np.float32))
+`)
+    const aBytes = await readFile(join(big, 'a.npy'))
+    expect(aBytes.byteLength).toBeGreaterThanOrEqual(64 * 1024 * 1024)
+    const form = new FormData()
+    form.set('spec', JSON.stringify({ op: 'matmul', params: {} }))
+    form.set('a', new Blob([aBytes]), 'a.npy')
+    form.set('b', new Blob([await readFile(join(big, 'b.npy'))]), 'b.npy')
+    const client = new ApiClient(a.apiUrl ?? '')
+    const job = await (await client.request('POST', '/v1/jobs', form)).json() as JobView
+    const out = await a.jobs.get(job.id).result()
+    expect(relError(out.data, (await load(big, 'ab')).data)).toBeLessThan(MATMUL_TOLERANCE)
+  })
+
+  it('cancels a job: its state is cancelled and result() rejects', async () => {
+    const job = a.submit({ op: 'matmul', inputs: { a: await load(dir, 'a'), b: await load(dir, 'b') } })
+    const client = new ApiClient(a.apiUrl ?? '')
+    const view = await client.json<JobView>('DELETE', `/v1/jobs/${job.id}`)
+    expect(view.state).toBe('cancelled')
+    await expect(job.result()).rejects.toMatchObject({ code: 'ERR_CANCELLED' })
+  })
+})
+
+describe('negotiation with peers that decline or vanish', () => {
+  let nodes: MeshNode[] = []
+
+  afterAll(async () => {
+    await stopAll(nodes)
+  })
+
+  it('a peer that declines gets no shard; one stopped between bid and shard has its shards run elsewhere', async () => {
+    let stopOnBids: MeshNode | undefined
+    nodes = await startMesh(4, (i) => ({
+      // Node 3 accepts no shard whose inputs exceed 1 KiB: b alone is 19 KiB, so it declines.
+      ...(i === 3 ? { limits: { maxShardBytes: 1024 } } : {}),
+      ...(i === 0 ? { hooks: { afterBids: async () => { await stopOnBids?.stop() } } } : {})
+    }))
+    const [coord, , vanishing, decliner] = nodes as [MeshNode, MeshNode, MeshNode, MeshNode]
+
+    const job = coord.submit({ op: 'matmul', inputs: { a: await load(dir, 'a'), b: await load(dir, 'b') } })
+    stopOnBids = vanishing
+    const out = await job.result()
+    expect(relError(out.data, (await load(dir, 'ab')).data)).toBeLessThan(MATMUL_TOLERANCE)
+
+    const declined = job.bids.find(b => b.peer === decliner.peerId.toString())
+    expect(declined?.accept).toBe(false)
+    expect(declined?.reason).toMatch(/shard limit/)
+    const gone = vanishing.peerId.toString()
+    expect(job.bids.find(b => b.peer === gone)?.accept).toBe(true)
+    for (const s of job.shards) {
+      expect(s.peer).not.toBe(decliner.peerId.toString())
+      expect(s.peer).not.toBe(gone)
+      expect(s.history.some(h => h.peer === decliner.peerId.toString())).toBe(false)
+    }
+    const retried = job.shards.filter(s => s.history.some(h => h.peer === gone))
+    expect(retried.length).toBeGreaterThan(0)
+    for (const s of retried) {
+      expect(s.attempts).toBeGreaterThanOrEqual(2)
+      expect(s.history[0]?.error).toBeDefined()
+    }
+  })
+})
