@@ -27,7 +27,7 @@ function ranges (cuts: number[]): ShardRange[] {
   return cuts.slice(1).map((end, i) => ({ index: i, start: cuts[i] as number, end }))
 }
 
-async function runJob (op: Operator, inputs: Tensors, params: unknown, cuts = CUTS_37, order = ORDER): Promise<HostTensor> {
+async function runJob<P> (op: Operator<P>, inputs: Tensors, params: unknown, cuts = CUTS_37, order = ORDER): Promise<HostTensor> {
   const plan = op.plan(inputs, params)
   const rs = ranges(cuts)
   expect(rs.at(-1)?.end).toBe(plan.units)
