@@ -3,6 +3,7 @@ import { InvalidInputError, NotFoundError } from '../../errors.ts'
 import { getOperator } from '../../compute/operators/index.ts'
 import { describe as describeTensor } from '../../compute/tensor.ts'
 import { Coordinator } from './coordinator.ts'
+import { DEFAULT_VERIFY_RTOL } from './job-run.ts'
 import { Job } from './job.ts'
 import type { JobSpec } from './job.ts'
 import type { JobHooks } from './coordinator.ts'
@@ -23,6 +24,15 @@ export const MAX_RETAINED_JOBS = 256
 
 /** Jobs this node coordinates at once; more wait in 'queued'. */
 export const MAX_RUNNING_JOBS = 4
+
+/**
+ * A peer whose partials lose this many votes is no longer asked for bids by
+ * this node. Two, not one: a single bad partial can be a flipped bit.
+ */
+export const MAX_OUTVOTES = 2
+
+/** Largest verify.replicas: each replica is a full copy of the job's work. */
+export const MAX_REPLICAS = 8
 
 export interface JobManagerComponents {
   libp2p: Libp2p
@@ -51,11 +61,21 @@ export class JobManager {
   private readonly waiting: Job[] = []
   private running = 0
   private accepting = true
+  /** Votes each peer's partials lost, across this node's jobs. */
+  readonly outvotes = new Map<string, number>()
 
   constructor (components: JobManagerComponents, init: JobManagerInit) {
     this.c = components
     this.init = init
-    this.coordinator = new Coordinator({ ...components, bid: (req) => this.bid(req) }, { limits: init.limits, shardsPerPeer: init.shardsPerPeer, hooks: init.hooks })
+    this.coordinator = new Coordinator({
+      ...components,
+      bid: (req) => this.bid(req),
+      distrusted: (peer) => (this.outvotes.get(peer) ?? 0) >= MAX_OUTVOTES,
+      onOutvoted: (peer, job, shard) => {
+        this.outvotes.set(peer, (this.outvotes.get(peer) ?? 0) + 1)
+        this.c.log.warn({ job: job.id, shard, peer, outvotes: this.outvotes.get(peer) }, 'peer outvoted')
+      }
+    }, { limits: init.limits, shardsPerPeer: init.shardsPerPeer, hooks: init.hooks })
   }
 
   /**
@@ -67,7 +87,7 @@ export class JobManager {
     const op = getOperator(spec.op)
     this.checkInputLimits(spec.inputs)
     const plan = op.plan(spec.inputs, spec.params ?? {})
-    const job = new Job(randomUUID(), spec)
+    const job = new Job(randomUUID(), spec, checkVerify(spec.verify))
     job.plan = plan
     this.jobs.set(job.id, job)
     this.evict()
@@ -138,6 +158,11 @@ export class JobManager {
     }
   }
 
+  /** Peers whose partials lost MAX_OUTVOTES votes or more. */
+  distrusted (): string[] {
+    return [...this.outvotes].filter(([, n]) => n >= MAX_OUTVOTES).map(([peer]) => peer)
+  }
+
   private next (): void {
     while (this.running < MAX_RUNNING_JOBS && this.waiting.length > 0) {
       const job = this.waiting.shift()
@@ -158,4 +183,19 @@ export class JobManager {
       if (job.finished) this.jobs.delete(id)
     }
   }
+}
+
+function checkVerify (v: unknown): { replicas: number, spotCheck: number, rtol: number } {
+  if (v === undefined || v === null) return { replicas: 1, spotCheck: 0, rtol: DEFAULT_VERIFY_RTOL }
+  if (typeof v !== 'object' || Array.isArray(v)) throw new InvalidInputError('verify must be an object {replicas, spotCheck, rtol}', 'ERR_BAD_VERIFY')
+  const o = v as Record<string, unknown>
+  const extra = Object.keys(o).filter(k => !['replicas', 'spotCheck', 'rtol'].includes(k))
+  if (extra.length > 0) throw new InvalidInputError(`verify has unknown field ${extra.join(', ')}; allowed: replicas, spotCheck, rtol`, 'ERR_BAD_VERIFY')
+  const replicas = o.replicas ?? 1
+  if (typeof replicas !== 'number' || !Number.isInteger(replicas) || replicas < 1 || replicas > MAX_REPLICAS) throw new InvalidInputError(`verify.replicas must be an integer from 1 to ${MAX_REPLICAS}`, 'ERR_BAD_VERIFY')
+  const spotCheck = o.spotCheck ?? 0
+  if (typeof spotCheck !== 'number' || !(spotCheck >= 0 && spotCheck <= 1)) throw new InvalidInputError('verify.spotCheck must be a fraction from 0 to 1', 'ERR_BAD_VERIFY')
+  const rtol = o.rtol ?? DEFAULT_VERIFY_RTOL
+  if (typeof rtol !== 'number' || !(rtol > 0 && rtol < 1)) throw new InvalidInputError('verify.rtol must be a number between 0 and 1', 'ERR_BAD_VERIFY')
+  return { replicas, spotCheck, rtol }
 }

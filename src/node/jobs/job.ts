@@ -7,11 +7,20 @@ export type JobState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelle
 
 export const TERMINAL_STATES: readonly JobState[] = ['succeeded', 'failed', 'cancelled']
 
+/** Per-job verification: every shard on `replicas` distinct peers, and/or a fraction spot-checked by the coordinator. */
+export interface VerifySpec {
+  replicas?: number
+  spotCheck?: number
+  /** Relative tolerance when comparing partials (default 1e-3). */
+  rtol?: number
+}
+
 /** What a caller submits: an operator name, named input tensors, params. */
 export interface JobSpec {
   op: string
   inputs: Tensors
   params?: Params
+  verify?: VerifySpec
 }
 
 /** One try of a shard on one peer. */
@@ -22,8 +31,12 @@ export interface ShardAttempt {
   computeMs?: number
   /** Why it failed, when it did. */
   error?: { code: string, message: string }
-  /** 'backup' for a copy started while another attempt still ran. */
-  kind: 'first' | 'retry' | 'backup'
+  /**
+   * first: the shard's first copy; retry: after a failure; backup: a copy of a
+   * straggler started while it still ran; replica: verification on another
+   * peer; check: the coordinator's spot check.
+   */
+  kind: 'first' | 'retry' | 'backup' | 'replica' | 'check'
 }
 
 export interface ShardRecord {
@@ -64,6 +77,7 @@ export interface JobView {
   output?: { dtype: string, shape: number[] }
   error?: { code: string, message: string }
   bids: BidRecord[]
+  verification: { replicas: number, spotCheck: number, verified: number, outvoted: Array<{ shard: number, peer: string }> }
   shards: ShardRecord[]
 }
 
@@ -95,13 +109,19 @@ export class Job extends TypedEventEmitter<JobEvents> {
   bids: BidRecord[] = []
   output?: HostTensor
   error?: { code: string, message: string }
+  readonly verify: { replicas: number, spotCheck: number, rtol: number }
+  /** Shards whose partial was compared across peers. */
+  verified = 0
+  /** Peers whose partial lost a vote, by shard. */
+  outvoted: Array<{ shard: number, peer: string }> = []
   private readonly settled: Promise<HostTensor>
   private resolveResult: (t: HostTensor) => void = () => {}
   private rejectResult: (err: Error) => void = () => {}
 
-  constructor (id: string, spec: JobSpec) {
+  constructor (id: string, spec: JobSpec, verify: { replicas: number, spotCheck: number, rtol: number }) {
     super()
     this.id = id
+    this.verify = verify
     this.op = spec.op
     this.params = spec.params ?? {}
     this.inputs = spec.inputs
@@ -166,6 +186,7 @@ export class Job extends TypedEventEmitter<JobEvents> {
       createdAt: new Date(this.createdAt).toISOString(),
       progress: { done: this.done, total: this.shards.length },
       bids: this.bids,
+      verification: { replicas: this.verify.replicas, spotCheck: this.verify.spotCheck, verified: this.verified, outvoted: this.outvoted },
       shards: this.shards
     }
     if (this.startedAt !== undefined) view.startedAt = new Date(this.startedAt).toISOString()

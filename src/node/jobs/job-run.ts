@@ -1,0 +1,470 @@
+import { peerIdFromString } from '@libp2p/peer-id'
+import { TensormeshError, errorCode, errorMessage } from '../../errors.ts'
+import { sendShard } from '../../protocol/shard/index.ts'
+import { peerText } from '../../protocol/sanitize.ts'
+import type { Job, ShardAttempt, ShardRecord } from './job.ts'
+import type { ExecutorPool } from '../../compute/index.ts'
+import type { HostTensor } from '../../compute/tensor.ts'
+import type { Operator, Reducer, Tensors } from '../../compute/operators/types.ts'
+import type { WireLimits } from '../../protocol/limits.ts'
+import type { Logger } from '../log.ts'
+import type { PeerDirectory } from '../peer-directory.ts'
+import type { Libp2p } from '@libp2p/interface'
+
+/** DESIGN: a failed shard goes to another peer, up to three attempts in all. */
+export const MAX_SHARD_ATTEMPTS = 3
+
+/**
+ * Shards in flight to one peer: its slots plus one, so the next shard's
+ * inputs travel while the current ones compute. Capped so one peer's
+ * advertised slots cannot make us hold the whole job in send buffers.
+ */
+export const MAX_INFLIGHT_PER_PEER = 8
+
+/**
+ * A copy is late when it takes this many times its bidder's own estimate,
+ * plus the slack below. Four times covers a noisy shared machine; a peer that
+ * is that far off its word is better treated as failed.
+ */
+export const DEADLINE_FACTOR = 4
+/** Added to every deadline: first-use kernel compilation, a busy machine, transfer on a slow link. */
+export const DEADLINE_SLACK_MS = 10_000
+/** Transfer rate assumed for deadlines (a slow LAN); loopback is ~240 MB/s with noise. */
+export const DEADLINE_BYTES_PER_SECOND = 20e6
+
+/**
+ * Backup copies (MapReduce's "backup tasks"): once no shard waits, an idle
+ * peer re-runs a running shard that has taken this many times the job's
+ * typical time per unit so far. 1.5x lets ordinary jitter finish first.
+ */
+export const BACKUP_SLOWDOWN = 1.5
+/** Never back up a shard younger than this: for tiny shards a copy costs more than waiting. */
+export const BACKUP_MIN_MS = 300
+/** How often stragglers are looked for while copies run. */
+export const BACKUP_CHECK_MS = 100
+
+/**
+ * Verification compares partials from different peers with this relative
+ * tolerance (max |a - b| / max |b|). Backends round differently: wasm and
+ * native TF differ around 1e-6 for float32 matmul; a liar is off by far more.
+ */
+export const DEFAULT_VERIFY_RTOL = 1e-3
+/** Replicas that disagree get at most this many tie-breaking copies before the shard fails. */
+export const MAX_TIEBREAKS = 2
+
+export interface VerifyPolicy {
+  /** Distinct peers that must return the same partial for each shard (1: no replication). */
+  replicas: number
+  /** Fraction of remotely run shards that the coordinator re-runs itself to check. */
+  spotCheck: number
+  rtol: number
+}
+
+export interface Participant {
+  peer: string
+  local: boolean
+  /** Units per second this peer bid for the job (whole peer). */
+  rate: number
+  slots: number
+  limit: number
+  inflight: number
+  excluded: boolean
+}
+
+interface Copy {
+  participant: Participant
+  ctl: AbortController
+  attempt: ShardAttempt
+  startedAt: number
+}
+
+interface ShardRun {
+  rec: ShardRecord
+  copies: Set<Copy>
+  results: Array<{ peer: string, partial: Tensors }>
+  /** Peers that ran or run this shard: replicas and backups go to others. */
+  ran: Set<string>
+  /** Agreeing results needed before the shard counts. */
+  needed: number
+  failures: number
+  /** Spot-checked: one of the results must be the coordinator's own. */
+  spot: boolean
+  backups: number
+  done: boolean
+  causes: string[]
+}
+
+interface Want {
+  index: number
+  /** Only this peer may take it (spot checks run on the coordinator). */
+  only?: string
+}
+
+export interface JobRunComponents {
+  libp2p: Libp2p
+  directory: PeerDirectory
+  pool: ExecutorPool
+  log: Logger
+}
+
+export interface JobRunInit {
+  job: Job
+  op: Operator
+  inputs: Tensors
+  participants: Participant[]
+  /** Peer each shard was cut for ('' when any may take it). */
+  preferred: string[]
+  verify: VerifyPolicy
+  limits: WireLimits
+  /** Partials already reduced (a job resumed from the journal). */
+  completed?: Map<number, Tensors>
+  /** Called when a shard's partial is accepted (the journal keeps it). */
+  onShardDone?: (index: number, partial: Tensors) => void
+  /** Called when a peer's partial lost a vote. */
+  onOutvoted?: (peer: string, index: number) => void
+  random?: () => number
+}
+
+/**
+ * One job's dispatch: which shard runs where, retries, backup copies,
+ * replicas and spot checks, and the streaming reduce. Settles once.
+ */
+export class JobRun {
+  private readonly c: JobRunComponents
+  private readonly i: JobRunInit
+  private readonly reducer: Reducer
+  private readonly runs: ShardRun[]
+  private readonly participants = new Map<string, Participant>()
+  private readonly wants: Want[] = []
+  private readonly selfId: string
+  private readonly random: () => number
+  private settled = false
+  private timer?: NodeJS.Timeout
+  private resolve: (t: HostTensor) => void = () => {}
+  private reject: (err: Error) => void = () => {}
+
+  constructor (components: JobRunComponents, init: JobRunInit) {
+    this.c = components
+    this.i = init
+    this.selfId = components.libp2p.peerId.toString()
+    this.random = init.random ?? Math.random
+    const plan = init.job.plan
+    if (plan === undefined) throw new Error('job has no plan')
+    this.reducer = init.op.reducer(plan)
+    for (const p of init.participants) this.participants.set(p.peer, p)
+    this.runs = init.job.shards.map(rec => ({
+      rec, copies: new Set(), results: [], ran: new Set(), needed: init.verify.replicas,
+      failures: 0, spot: false, backups: 0, done: false, causes: []
+    }))
+    for (const run of this.runs) {
+      const partial = init.completed?.get(run.rec.index)
+      if (partial !== undefined) {
+        this.reducer.add(range(run.rec), partial)
+        run.done = true
+        run.rec.state = 'done'
+      } else {
+        run.rec.state = 'pending'
+        for (let k = 0; k < run.needed; k++) this.wants.push({ index: run.rec.index })
+      }
+    }
+  }
+
+  async run (): Promise<HostTensor> {
+    const job = this.i.job
+    const done = new Promise<HostTensor>((resolve, reject) => {
+      this.resolve = resolve
+      this.reject = reject
+    })
+    const onCancel = (): void => { this.fail(job.controller.signal.reason instanceof Error ? job.controller.signal.reason : new Error('cancelled')) }
+    const onLeave = (evt: CustomEvent<{ peerId: string, reason: string }>): void => {
+      const p = this.participants.get(evt.detail.peerId)
+      if (p === undefined) return
+      this.abortCopies(c => c.participant === p, new TensormeshError('ERR_PEER_GONE', `peer left the mesh (${evt.detail.reason})`))
+    }
+    job.controller.signal.addEventListener('abort', onCancel)
+    this.c.directory.addEventListener('peer:leave', onLeave)
+    this.timer = setInterval(() => { this.pump() }, BACKUP_CHECK_MS)
+    try {
+      this.pump()
+      return await done
+    } finally {
+      clearInterval(this.timer)
+      job.controller.signal.removeEventListener('abort', onCancel)
+      this.c.directory.removeEventListener('peer:leave', onLeave)
+    }
+  }
+
+  private fail (err: Error): void {
+    if (this.settled) return
+    this.settled = true
+    this.abortCopies(() => true, err)
+    this.reject(err)
+  }
+
+  private abortCopies (match: (c: Copy) => boolean, reason: Error): void {
+    for (const run of this.runs) for (const copy of run.copies) if (match(copy)) copy.ctl.abort(reason)
+  }
+
+  private pump (): void {
+    if (this.settled) return
+    if (this.runs.every(r => r.done)) {
+      this.settled = true
+      try {
+        this.resolve(this.reducer.result())
+      } catch (err) {
+        this.reject(err instanceof Error ? err : new Error(String(err)))
+      }
+      return
+    }
+    for (const p of this.participants.values()) {
+      while (!p.excluded && p.inflight < p.limit) {
+        const want = this.pick(p)
+        if (want === undefined) break
+        const run = this.runs[want.index] as ShardRun
+        this.launch(p, want.index, want.only !== undefined ? 'check' : run.failures > 0 ? 'retry' : run.ran.size > 0 ? 'replica' : 'first')
+      }
+    }
+    if (this.wants.length === 0) this.backups()
+    const running = this.runs.some(r => r.copies.size > 0)
+    if (!running && this.wants.length > 0) {
+      const want = this.wants[0] as Want
+      const run = this.runs[want.index] as ShardRun
+      this.fail(new TensormeshError('ERR_SHARD_FAILED', `shard ${want.index} (units ${run.rec.start}..${run.rec.end}) has no peer left to run it${want.only !== undefined ? ` (it must run on ${short(want.only)})` : ''}; causes: ${run.causes.join('; ') || 'no eligible peer'}`))
+    }
+  }
+
+  /** The next shard copy for this peer: its own first, then (with an idle slot) anyone's. */
+  private pick (p: Participant): Want | undefined {
+    const eligible = (w: Want): boolean => {
+      const run = this.runs[w.index]
+      if (run === undefined || run.done || run.ran.has(p.peer)) return false
+      return w.only === undefined || w.only === p.peer
+    }
+    let k = this.wants.findIndex(w => eligible(w) && (w.only === p.peer || this.i.preferred[w.index] === p.peer))
+    if (k < 0 && p.inflight < p.slots) {
+      // Take from the end: the shards others will reach last.
+      for (let j = this.wants.length - 1; j >= 0; j--) {
+        if (eligible(this.wants[j] as Want)) { k = j; break }
+      }
+    }
+    if (k < 0) return undefined
+    return this.wants.splice(k, 1)[0]
+  }
+
+  /** Idle peers re-run stragglers; the first result wins. */
+  private backups (): void {
+    const now = performance.now()
+    const perUnit = this.typicalMsPerUnit()
+    for (const p of this.participants.values()) {
+      if (p.excluded || p.inflight >= p.slots) continue
+      let best: ShardRun | undefined
+      let worst = BACKUP_SLOWDOWN
+      for (const run of this.runs) {
+        if (run.done || run.copies.size === 0 || run.backups > 0 || run.ran.has(p.peer)) continue
+        if (run.needed > 1 || run.spot) continue // replicated shards already run on several peers
+        const units = run.rec.end - run.rec.start
+        const oldest = Math.min(...[...run.copies].map(c => c.startedAt))
+        const elapsed = now - oldest
+        if (elapsed < BACKUP_MIN_MS) continue
+        const first = [...run.copies][0]?.participant
+        const expected = perUnit !== undefined ? perUnit * units : (units / (first?.rate ?? 1)) * 1000
+        const ratio = elapsed / Math.max(expected, 1)
+        if (ratio > worst) { worst = ratio; best = run }
+      }
+      if (best === undefined) return
+      best.backups++
+      this.c.log.info({ job: this.i.job.id, shard: best.rec.index, peer: p.peer, slowdown: Math.round(worst * 10) / 10 }, 'backup copy started')
+      this.launch(p, best.rec.index, 'backup')
+    }
+  }
+
+  /** Median time per unit of the copies that finished, so stragglers are judged against the job's own pace. */
+  private typicalMsPerUnit (): number | undefined {
+    const samples: number[] = []
+    for (const run of this.runs) {
+      if (!run.done || run.rec.ms === undefined) continue
+      const units = run.rec.end - run.rec.start
+      if (units > 0) samples.push(run.rec.ms / units)
+    }
+    if (samples.length === 0) return undefined
+    samples.sort((a, b) => a - b)
+    return samples[Math.floor(samples.length / 2)]
+  }
+
+  private launch (p: Participant, index: number, kind: ShardAttempt['kind']): void {
+    const run = this.runs[index] as ShardRun
+    const rec = run.rec
+    const plan = this.i.job.plan
+    if (plan === undefined) return
+    rec.attempts++
+    rec.state = 'running'
+    const attempt: ShardAttempt = { peer: p.peer, startedAt: Date.now(), kind }
+    rec.history.push(attempt)
+    const copy: Copy = { participant: p, ctl: new AbortController(), attempt, startedAt: performance.now() }
+    run.copies.add(copy)
+    run.ran.add(p.peer)
+    p.inflight++
+    this.i.job.progressed()
+
+    const units = rec.end - rec.start
+    const bytes = plan.cost.bytesInFixed + units * (plan.cost.bytesInPerUnit + plan.cost.bytesOutPerUnit)
+    const deadlineMs = (units / p.rate) * 1000 * DEADLINE_FACTOR + (p.local ? 0 : bytes / DEADLINE_BYTES_PER_SECOND * 1000) + DEADLINE_SLACK_MS
+    const timer = setTimeout(() => {
+      copy.ctl.abort(new TensormeshError('ERR_SHARD_DEADLINE', `no result within ${Math.round(deadlineMs)} ms (${DEADLINE_FACTOR}x the bid's estimate plus slack)`))
+    }, deadlineMs)
+    const task = this.i.op.shard(plan, this.i.inputs, range(rec))
+    const signal = copy.ctl.signal
+    const attemptNo = rec.attempts
+    const work = p.local
+      ? this.c.pool.run(task, { signal, transfer: false }).then(out => ({ ...out, bytesIn: 0, bytesOut: 0 }))
+      : sendShard(this.c.libp2p, peerIdFromString(p.peer), { jobId: this.i.job.id, index, attempt: attemptNo, start: rec.start, end: rec.end, task }, signal, this.i.limits)
+
+    work.then(outcome => {
+      attempt.ms = Math.round(performance.now() - copy.startedAt)
+      attempt.computeMs = Math.round(outcome.computeMs)
+      this.settleCopy(run, copy, () => { this.succeeded(run, copy, outcome.partial, outcome) })
+    }, (err: unknown) => {
+      attempt.ms = Math.round(performance.now() - copy.startedAt)
+      const reason = signal.aborted && signal.reason instanceof Error ? signal.reason : err
+      this.settleCopy(run, copy, () => { this.failed(run, copy, reason) })
+    }).catch((err: unknown) => {
+      this.fail(err instanceof Error ? err : new Error(String(err)))
+    }).finally(() => {
+      clearTimeout(timer)
+    })
+  }
+
+  private settleCopy (run: ShardRun, copy: Copy, then: () => void): void {
+    run.copies.delete(copy)
+    copy.participant.inflight--
+    if (!this.settled) then()
+    this.i.job.progressed()
+    this.pump()
+  }
+
+  private failed (run: ShardRun, copy: Copy, err: unknown): void {
+    const p = copy.participant
+    copy.attempt.error = { code: errorCode(err), message: peerText(errorMessage(err)) }
+    if (run.done) return // a losing backup, cancelled
+    if (copy.attempt.error.code === 'ERR_SUPERSEDED') return
+    run.failures++
+    run.causes.push(`attempt on ${short(p.peer)}: ${copy.attempt.error.code} ${copy.attempt.error.message}`)
+    // The peer that failed gets no more of this job's shards.
+    p.excluded = true
+    this.c.log.warn({ job: this.i.job.id, shard: run.rec.index, peer: p.peer, code: copy.attempt.error.code }, 'shard copy failed')
+    if (run.failures >= MAX_SHARD_ATTEMPTS) {
+      this.fail(new TensormeshError('ERR_SHARD_FAILED', `shard ${run.rec.index} (units ${run.rec.start}..${run.rec.end}) failed ${run.failures} times: ${run.causes.join('; ')}`))
+      return
+    }
+    this.topUp(run, true)
+  }
+
+  /** Queues copies until running + agreeing results can reach what the shard needs. */
+  private topUp (run: ShardRun, front: boolean): void {
+    const queued = this.wants.filter(w => w.index === run.rec.index).length
+    const missing = run.needed - run.results.length - run.copies.size - queued
+    for (let k = 0; k < missing; k++) {
+      const want: Want = { index: run.rec.index }
+      if (run.spot && !run.results.some(r => r.peer === this.selfId) && ![...run.copies].some(c => c.participant.local)) want.only = this.selfId
+      if (front) this.wants.unshift(want)
+      else this.wants.push(want)
+    }
+    if (run.rec.state !== 'done') run.rec.state = run.copies.size > 0 ? 'running' : 'pending'
+  }
+
+  private succeeded (run: ShardRun, copy: Copy, partial: Tensors, outcome: { bytesIn: number, bytesOut: number }): void {
+    if (run.done) return
+    run.results.push({ peer: copy.participant.peer, partial })
+    // Spot check: a shard that ran elsewhere is, with probability p, run once more here.
+    if (run.needed === 1 && !run.spot && !copy.participant.local && this.i.verify.spotCheck > 0 && this.random() < this.i.verify.spotCheck && !this.participants.get(this.selfId)?.excluded) {
+      run.spot = true
+      run.needed = 2
+    }
+    const winner = this.vote(run)
+    if (winner === undefined) {
+      if (run.results.length >= run.needed) {
+        // Disagreement: ask one more distinct peer to break the tie.
+        if (run.needed >= this.i.verify.replicas + (run.spot ? 1 : 0) + MAX_TIEBREAKS) {
+          this.fail(new TensormeshError('ERR_VERIFY_FAILED', `shard ${run.rec.index}: ${run.results.length} peers returned partials that do not agree within rtol ${this.i.verify.rtol}`))
+          return
+        }
+        if (!run.spot) run.needed++
+      }
+      this.topUp(run, true)
+      return
+    }
+    try {
+      this.reducer.add(range(run.rec), winner.partial)
+    } catch (err) {
+      // A malformed partial: its peer failed this copy.
+      run.results = run.results.filter(r => r !== winner)
+      this.failed(run, copy, new TensormeshError('ERR_BAD_PARTIAL', errorMessage(err)))
+      return
+    }
+    run.done = true
+    const rec = run.rec
+    rec.state = 'done'
+    rec.peer = winner.peer
+    const winning = [...rec.history].reverse().find(h => h.peer === winner.peer && h.error === undefined)
+    rec.ms = winning?.ms ?? copy.attempt.ms
+    rec.computeMs = winning?.computeMs ?? copy.attempt.computeMs
+    rec.bytesIn = outcome.bytesIn
+    rec.bytesOut = outcome.bytesOut
+    for (const r of run.results) {
+      if (r !== winner && !agree(r.partial, winner.partial, this.i.verify.rtol)) {
+        this.i.job.outvoted.push({ shard: rec.index, peer: r.peer })
+        this.i.onOutvoted?.(r.peer, rec.index)
+      }
+    }
+    if (run.results.length > 1) this.i.job.verified++
+    // First result wins: the other copies stop on their peers.
+    for (const other of run.copies) other.ctl.abort(new TensormeshError('ERR_SUPERSEDED', 'another copy of this shard finished first'))
+    this.i.onShardDone?.(rec.index, winner.partial)
+    run.results = []
+  }
+
+  /** The result that enough others agree with, or undefined while there is none. */
+  private vote (run: ShardRun): { peer: string, partial: Tensors } | undefined {
+    if (run.results.length < run.needed) return undefined
+    if (run.spot) {
+      // The coordinator trusts its own result over the peer's.
+      const own = run.results.find(r => r.peer === this.selfId)
+      return own
+    }
+    for (const r of run.results) {
+      const agreeing = run.results.filter(o => agree(o.partial, r.partial, this.i.verify.rtol)).length
+      if (agreeing >= this.i.verify.replicas) return r
+    }
+    return undefined
+  }
+}
+
+/** Same names, shapes and dtypes, and values within rtol of the larger magnitude. */
+export function agree (a: Tensors, b: Tensors, rtol: number): boolean {
+  const names = Object.keys(a)
+  if (names.length !== Object.keys(b).length) return false
+  for (const name of names) {
+    const x = a[name]
+    const y = b[name]
+    if (x === undefined || y === undefined || x.dtype !== y.dtype || x.shape.join() !== y.shape.join()) return false
+    let diff = 0
+    let scale = 0
+    for (let k = 0; k < x.data.length; k++) {
+      const u = x.data[k] ?? 0
+      const v = y.data[k] ?? 0
+      if (Number.isNaN(u) !== Number.isNaN(v)) return false
+      diff = Math.max(diff, Math.abs(u - v))
+      scale = Math.max(scale, Math.abs(v))
+    }
+    if (diff > rtol * Math.max(scale, Number.MIN_VALUE)) return false
+  }
+  return true
+}
+
+function range (rec: ShardRecord): { index: number, start: number, end: number } {
+  return { index: rec.index, start: rec.start, end: rec.end }
+}
+
+export function short (peer: string): string {
+  return peer.length > 12 ? `…${peer.slice(-8)}` : peer
+}
