@@ -10,6 +10,7 @@ import { createLogger, LOG_LEVELS } from './log.ts'
 import { MeshNode } from './mesh-node.ts'
 import { runTestnet } from './testnet.ts'
 import type { MeshNodeInit } from './options.ts'
+import type { FaultInjection } from './jobs/job-manager.ts'
 import type { ParseArgsConfig } from 'node:util'
 
 /** A CLI mistake: printed as one line with the command's name, exit code 2. */
@@ -61,8 +62,10 @@ const commands: Command[] = [
   --workers N          executor worker threads (default: one per core)
   --advert-interval MS capacity advert period in ms (default 2000)
   --log-level LEVEL    fatal, error, warn, info, debug, trace (default info)
-  --json               print one JSON line {peerId, multiaddrs, api} when ready`,
-    options: { ...common, ...nodeOptions, listen: { type: 'string', multiple: true }, api: { type: 'string' }, bootstrap: { type: 'string', multiple: true }, mdns: { type: 'boolean' } },
+  --json               print one JSON line {peerId, multiaddrs, api} when ready
+  --inject FAULT       testing only: slow=FACTOR (shards for peers take FACTOR times as long)
+                       or wrong (partials for peers are off by one); repeatable`,
+    options: { ...common, ...nodeOptions, inject: { type: 'string', multiple: true }, listen: { type: 'string', multiple: true }, api: { type: 'string' }, bootstrap: { type: 'string', multiple: true }, mdns: { type: 'boolean' } },
     run: runStart
   },
   {
@@ -77,9 +80,11 @@ const commands: Command[] = [
   --advert-interval MS capacity advert period in ms (default 2000)
   --log-level LEVEL    the daemons' log level (default warn)
   --json               print one JSON line {nodes: [{peerId, api, pid, multiaddrs}]} once the mesh is formed
+  --inject I:FAULT     testing only: give node I a fault (slow=FACTOR or wrong); repeatable
 
-Stays in the foreground; SIGINT or SIGTERM stops every node.`,
-    options: { ...common, ...nodeOptions, nodes: { type: 'string' } },
+Stays in the foreground; SIGINT or SIGTERM stops every node. Kill or pause
+single nodes by their pid (kill -9, kill -STOP) to watch the mesh cope.`,
+    options: { ...common, ...nodeOptions, nodes: { type: 'string' }, inject: { type: 'string', multiple: true } },
     run: async (values) => await runTestnet({
       nodes: parseIntFlag(values.nodes, '--nodes', 1, 64, true),
       dataDir: str(values['data-dir']),
@@ -87,7 +92,8 @@ Stays in the foreground; SIGINT or SIGTERM stops every node.`,
       workers: values.workers === undefined ? undefined : parseIntFlag(values.workers, '--workers', 1, 256),
       advertIntervalMs: values['advert-interval'] === undefined ? undefined : parseIntFlag(values['advert-interval'], '--advert-interval', 50, 600_000),
       logLevel: parseLogLevel(values['log-level'] ?? 'warn'),
-      json: values.json === true
+      json: values.json === true,
+      inject: parseTestnetFaults(values.inject as string[] | undefined, values.nodes)
     })
   },
   {
@@ -180,6 +186,32 @@ function parseLogLevel (v: Values[string]): string {
   return level
 }
 
+/** `slow=5`, `wrong`: faults a node injects into shards it runs for others. */
+export function parseFaults (list: string[] | undefined): FaultInjection | undefined {
+  if (list === undefined || list.length === 0) return undefined
+  const faults: FaultInjection = {}
+  for (const item of list) {
+    const slow = /^slow=(\d+(?:\.\d+)?)$/.exec(item)
+    if (slow !== null && Number(slow[1]) >= 1) faults.slowFactor = Number(slow[1])
+    else if (item === 'wrong') faults.wrong = true
+    else throw new UsageError(`--inject "${item}" is not a fault; use slow=FACTOR (>= 1) or wrong`)
+  }
+  return faults
+}
+
+function parseTestnetFaults (list: string[] | undefined, nodes: Values[string]): Map<number, string[]> {
+  const out = new Map<number, string[]>()
+  for (const item of list ?? []) {
+    const m = /^(\d+):(.+)$/.exec(item)
+    if (m === null) throw new UsageError(`--inject "${item}" must be INDEX:FAULT, e.g. 1:slow=5`)
+    const index = Number(m[1])
+    if (typeof nodes === 'string' && index >= Number(nodes)) throw new UsageError(`--inject ${item}: there is no node ${index}`)
+    parseFaults([m[2] ?? ''])
+    out.set(index, [...(out.get(index) ?? []), m[2] ?? ''])
+  }
+  return out
+}
+
 function parseHostPort (v: string): { host: string, port: number } {
   const m = /^(.*):(\d+)$/.exec(v)
   const port = m === null ? NaN : Number(m[2])
@@ -210,6 +242,7 @@ export function nodeInit (values: Values): MeshNodeInit {
     backend: typeof values.backend === 'string' ? parseBackendChoice(values.backend) : undefined,
     workers: values.workers === undefined ? undefined : parseIntFlag(values.workers, '--workers', 1, 256),
     advertIntervalMs: values['advert-interval'] === undefined ? undefined : parseIntFlag(values['advert-interval'], '--advert-interval', 50, 600_000),
+    faults: parseFaults(values.inject as string[] | undefined),
     logger: createLogger(logLevel)
   }
 }

@@ -61,6 +61,8 @@ export interface NodeInfo {
   operators: string[]
   uptimeMs: number
   peers: number
+  /** Peers this node no longer asks for bids: their partials lost too many votes. */
+  distrusted: string[]
   adverts: CapacityService['counters']
 }
 
@@ -160,7 +162,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
       this.pool.addEventListener('change', () => { this.capacity?.changed() })
       this.jobManager = new JobManager(
         { libp2p: this.libp2p, directory: this.directory, pool: this.pool, log: this.log },
-        { limits: this.limits, serve: this.init.serve !== false, shardsPerPeer: this.init.shardsPerPeer, hooks: this.init.hooks }
+        { limits: this.limits, serve: this.init.serve !== false, shardsPerPeer: this.init.shardsPerPeer, hooks: this.init.hooks, faults: this.init.faults }
       )
       const jobs = this.jobManager
       await registerBidHandler(this.libp2p, (req) => jobs.bid(req), this.log)
@@ -232,6 +234,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
       operators: c.operators,
       uptimeMs: Math.round(performance.now() - this.startedAt),
       peers: this.directory.size,
+      distrusted: this.jobManager?.distrusted() ?? [],
       adverts: this.capacity?.counters ?? { published: 0, accepted: 0, rejected: { oversized: 0, garbage: 0, spoofed: 0, version: 0, invalid: 0, clock: 0, replayed: 0 }, lastAdvertBytes: 0 }
     }
   }

@@ -2,6 +2,7 @@ import type { Logger } from './log.ts'
 import type { BackendChoice } from '../compute/index.ts'
 import type { WireLimits } from '../protocol/limits.ts'
 import type { JobHooks } from './jobs/coordinator.ts'
+import type { FaultInjection } from './jobs/job-manager.ts'
 
 /** A node's options as plain data; the CLI translates its flags into this in one place. */
 export interface MeshNodeInit {
@@ -27,6 +28,8 @@ export interface MeshNodeInit {
   limits?: Partial<WireLimits>
   /** Shards cut per accepting peer (default 2). */
   shardsPerPeer?: number
+  /** Faults injected into shards this node runs for others (tests and testnet only). */
+  faults?: FaultInjection
   /** Test and fault-injection seams in a job's life; never set by the CLI. */
   hooks?: JobHooks
   logger?: Logger

@@ -18,6 +18,8 @@ export interface TestnetInit {
   advertIntervalMs?: number
   logLevel: string
   json: boolean
+  /** Faults per node index (testing only), as `start --inject` takes them. */
+  inject?: Map<number, string[]>
 }
 
 export interface TestnetMember {
@@ -62,6 +64,7 @@ export async function runTestnet (init: TestnetInit): Promise<number | undefined
     if (init.backend !== undefined) args.push('--backend', init.backend)
     if (init.workers !== undefined) args.push('--workers', String(init.workers))
     if (init.advertIntervalMs !== undefined) args.push('--advert-interval', String(init.advertIntervalMs))
+    for (const fault of init.inject?.get(index) ?? []) args.push('--inject', fault)
     const proc = fork(BIN, args, { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] })
     const child: Child = { index, proc, peers: 0, exited: false, ready: Promise.resolve() as unknown as Promise<TestnetMember> }
     child.ready = new Promise<TestnetMember>((resolve, reject) => {

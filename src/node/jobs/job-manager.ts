@@ -41,7 +41,19 @@ export interface JobManagerComponents {
   log: Logger
 }
 
+/**
+ * Faults a node injects into the shards it runs for others. For tests and
+ * the testnet only; nothing turns them on by default.
+ */
+export interface FaultInjection {
+  /** Take this many times as long as the computation did (sleeping, not burning CPU). */
+  slowFactor?: number
+  /** Return partials with every element off by one. */
+  wrong?: boolean
+}
+
 export interface JobManagerInit {
+  faults?: FaultInjection
   limits: WireLimits
   /** Whether this node runs shards for others (and for itself). */
   serve: boolean
@@ -141,7 +153,20 @@ export class JobManager {
     const op = getOperator(shard.task.op)
     const units = op.validateTask(shard.task)
     if (units !== shard.end - shard.start) throw new InvalidInputError(`shard declares units ${shard.start}..${shard.end} but carries ${units}`, 'ERR_BAD_RANGE')
-    return await this.c.pool.run(shard.task, { signal, transfer: true })
+    const out = await this.c.pool.run(shard.task, { signal, transfer: true })
+    const faults = this.init.faults
+    if (faults?.slowFactor !== undefined && faults.slowFactor > 1) {
+      const extra = out.computeMs * (faults.slowFactor - 1)
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(resolve, extra)
+        signal.addEventListener('abort', () => { clearTimeout(timer); reject(signal.reason) }, { once: true })
+      })
+      out.computeMs += extra
+    }
+    if (faults?.wrong === true) {
+      for (const t of Object.values(out.partial)) for (let k = 0; k < t.data.length; k++) t.data[k] = (t.data[k] ?? 0) + 1
+    }
+    return out
   }
 
   /** Stops taking work and cancels the jobs this node coordinates. */
