@@ -68,10 +68,10 @@ export class ApiServer {
     })
     this.route('GET', '/v1/jobs/:id', (_req, res, p) => { sendJson(res, 200, this.node.jobs.get(p.id ?? '').toJSON()) })
     this.route('DELETE', '/v1/jobs/:id', (_req, res, p) => { sendJson(res, 200, this.node.jobs.cancel(p.id ?? '').toJSON()) })
-    this.route('GET', '/v1/jobs/:id/result', (_req, res, p) => {
+    this.route('GET', '/v1/jobs/:id/result', async (_req, res, p) => {
       const job = this.node.jobs.get(p.id ?? '')
-      if (job.output === undefined) throw new HttpError(409, 'ERR_NO_RESULT', `job ${job.id} is ${job.state}; a result exists once it has succeeded`)
-      const bytes = encodeNpy(job.output)
+      if (job.state !== 'succeeded') throw new HttpError(409, 'ERR_NO_RESULT', `job ${job.id} is ${job.state}; a result exists once it has succeeded`)
+      const bytes = encodeNpy(await job.result())
       res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': bytes.byteLength, 'content-disposition': `attachment; filename="${job.id}.npy"` })
       res.end(bytes)
     })

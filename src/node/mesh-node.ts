@@ -17,6 +17,7 @@ import { CapacityService } from '../protocol/capacity/index.ts'
 import { DEFAULT_WIRE_LIMITS } from '../protocol/limits.ts'
 import { registerShardHandler, SHARD_PROTOCOL } from '../protocol/shard/index.ts'
 import { JobManager } from './jobs/job-manager.ts'
+import { Journal } from './jobs/journal.ts'
 import { ApiServer } from './api.ts'
 import { loadOrCreateKey, prepareDataDir } from './keys.ts'
 import { silentLogger } from './log.ts'
@@ -90,6 +91,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
   private readonly intervalMs: number
   readonly limits: WireLimits
   private jobManager?: JobManager
+  private journal?: Journal
 
   constructor (init: MeshNodeInit) {
     super()
@@ -160,14 +162,19 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
         { intervalMs: this.intervalMs, local: () => this.localCapacity() }
       )
       this.pool.addEventListener('change', () => { this.capacity?.changed() })
+      if (this.init.journal !== false) {
+        this.journal = new Journal(this.init.dataDir)
+        await this.journal.open()
+      }
       this.jobManager = new JobManager(
         { libp2p: this.libp2p, directory: this.directory, pool: this.pool, log: this.log },
-        { limits: this.limits, serve: this.init.serve !== false, shardsPerPeer: this.init.shardsPerPeer, hooks: this.init.hooks, faults: this.init.faults }
+        { journal: this.journal, limits: this.limits, serve: this.init.serve !== false, shardsPerPeer: this.init.shardsPerPeer, hooks: this.init.hooks, faults: this.init.faults }
       )
       const jobs = this.jobManager
       await registerBidHandler(this.libp2p, (req) => jobs.bid(req), this.log)
       await registerShardHandler(this.libp2p, async (shard, signal) => await jobs.execute(shard, signal), this.log, this.limits)
       this.capacity.start()
+      await this.jobManager.restore()
 
       for (const addr of this.bootstrap) this.dialQuietly(undefined, [addr])
       this.connectivityTimer = setInterval(() => { this.repairConnectivity() }, this.intervalMs * CONNECTIVITY_CHECK_INTERVALS)
@@ -194,6 +201,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
     this.directory.stop()
     await this.libp2pNode?.stop()
     await this.pool.stop()
+    this.journal?.close()
   }
 
   get jobs (): JobManager {

@@ -28,6 +28,8 @@ export interface MeshNodeInit {
   limits?: Partial<WireLimits>
   /** Shards cut per accepting peer (default 2). */
   shardsPerPeer?: number
+  /** Keep jobs, partials and results in the data directory's journal (default true). */
+  journal?: boolean
   /** Faults injected into shards this node runs for others (tests and testnet only). */
   faults?: FaultInjection
   /** Test and fault-injection seams in a job's life; never set by the CLI. */

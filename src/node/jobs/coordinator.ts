@@ -47,6 +47,8 @@ export interface RunOptions {
   /** Partials already accepted (a job resumed from the journal). */
   completed?: Map<number, Tensors>
   onShardDone?: (index: number, partial: Tensors) => void
+  /** Called once the shards are cut, before any is sent (the journal keeps the split). */
+  onPlanned?: (job: Job) => void
 }
 
 /**
@@ -98,6 +100,7 @@ export class Coordinator {
         const slots = b.answer?.slots ?? 1
         return { peer: b.peer, local, rate: b.answer?.unitsPerSecond ?? 1, slots, limit: Math.min(local ? slots : slots + 1, MAX_INFLIGHT_PER_PEER), inflight: 0, excluded: false }
       })
+      options.onPlanned?.(job)
       job.progressed()
       const run = new JobRun(this.c, {
         job, op, inputs, participants, preferred, verify: job.verify, limits: this.init.limits,

@@ -1,12 +1,13 @@
 import { randomUUID } from 'node:crypto'
-import { InvalidInputError, NotFoundError } from '../../errors.ts'
+import { InvalidInputError, NotFoundError, errorCode, errorMessage } from '../../errors.ts'
 import { getOperator } from '../../compute/operators/index.ts'
 import { describe as describeTensor } from '../../compute/tensor.ts'
 import { Coordinator } from './coordinator.ts'
 import { DEFAULT_VERIFY_RTOL } from './job-run.ts'
-import { Job } from './job.ts'
+import { Job, TERMINAL_STATES } from './job.ts'
 import type { JobSpec } from './job.ts'
 import type { JobHooks } from './coordinator.ts'
+import type { Journal } from './journal.ts'
 import type { ExecutorPool } from '../../compute/index.ts'
 import type { Tensors } from '../../compute/operators/types.ts'
 import type { BidAnswer, BidRequest } from '../../protocol/bid/index.ts'
@@ -54,6 +55,8 @@ export interface FaultInjection {
 
 export interface JobManagerInit {
   faults?: FaultInjection
+  /** Where jobs, partials and results outlive the process; none for a memory-only node. */
+  journal?: Journal
   limits: WireLimits
   /** Whether this node runs shards for others (and for itself). */
   serve: boolean
@@ -73,12 +76,16 @@ export class JobManager {
   private readonly waiting: Job[] = []
   private running = 0
   private accepting = true
+  private readonly journal?: Journal
+  /** Partials read back from the journal for jobs that resume. */
+  private readonly resumed = new Map<string, Map<number, Tensors>>()
   /** Votes each peer's partials lost, across this node's jobs. */
   readonly outvotes = new Map<string, number>()
 
   constructor (components: JobManagerComponents, init: JobManagerInit) {
     this.c = components
     this.init = init
+    this.journal = init.journal
     this.coordinator = new Coordinator({
       ...components,
       bid: (req) => this.bid(req),
@@ -99,14 +106,85 @@ export class JobManager {
     const op = getOperator(spec.op)
     this.checkInputLimits(spec.inputs)
     const plan = op.plan(spec.inputs, spec.params ?? {})
-    const job = new Job(randomUUID(), spec, checkVerify(spec.verify))
+    const job = new Job({ id: randomUUID(), op: spec.op, params: spec.params, inputs: spec.inputs, verify: checkVerify(spec.verify) })
     job.plan = plan
+    this.track(job)
+    if (this.journal !== undefined) job.journaled = this.journal.submitted(job, spec.inputs)
+    this.c.log.info({ job: job.id, op: spec.op, units: plan.units }, 'job submitted')
+    this.enqueue(job)
+    return job
+  }
+
+  /**
+   * Brings back the journal's jobs after a restart: finished ones are served
+   * as before (results read from disk when asked for); unfinished ones resume
+   * with the partials already accepted, or fail when their inputs are gone.
+   */
+  async restore (): Promise<void> {
+    const journal = this.journal
+    if (journal === undefined) return
+    for (const stored of journal.load()) {
+      const job = new Job({ id: stored.id, op: stored.op, params: stored.spec.params, inputDescs: stored.spec.inputs, verify: stored.spec.verify, createdAt: stored.createdAt })
+      job.startedAt = stored.startedAt
+      if (stored.record !== undefined) {
+        job.bids = stored.record.bids
+        job.shards = stored.record.shards
+        job.outvoted = stored.record.verification.outvoted
+        job.verified = stored.record.verification.verified
+      }
+      this.track(job)
+      if (TERMINAL_STATES.includes(stored.state)) {
+        const path = stored.resultPath
+        job.resultPath = path
+        job.restoreFinished(stored.state, stored.finishedAt, stored.error, path === undefined ? undefined : async () => await journal.readResult(path))
+        job.outputDesc = stored.record?.output
+        continue
+      }
+      const inputs = await journal.readInputs(stored)
+      if ('missing' in inputs) {
+        job.finish('failed', undefined, { code: 'ERR_INPUTS_GONE', message: `job ${job.id} cannot resume after a restart: its input ${inputs.missing} is gone` })
+        continue
+      }
+      try {
+        job.inputs = inputs
+        job.plan = getOperator(job.op).plan(inputs, job.params)
+        // Partials only make sense against the split they were cut by.
+        const completed = job.shards.length > 0 ? await journal.readPartials(stored) : new Map<number, Tensors>()
+        for (const s of job.shards) {
+          if (!completed.has(s.index)) s.state = 'pending'
+        }
+        this.resumed.set(job.id, completed)
+        this.c.log.info({ job: job.id, done: completed.size, total: job.shards.length }, 'job resumed from the journal')
+        this.enqueue(job)
+      } catch (err) {
+        job.finish('failed', undefined, { code: errorCode(err), message: `job ${job.id} cannot resume: ${errorMessage(err)}` })
+      }
+    }
+  }
+
+  private track (job: Job): void {
     this.jobs.set(job.id, job)
     this.evict()
+    const journal = this.journal
+    if (journal === undefined) return
+    job.addEventListener('state', () => {
+      // A node that stops leaves its unfinished jobs as they are in the journal, to resume at the next start.
+      if (!this.accepting) return
+      if (job.finished) {
+        // After the inputs are on disk: a finished row must not be overwritten by the submit row.
+        job.persisted = job.journaled.then(async () => { await journal.finished(job) })
+        job.persisted.catch((err: unknown) => {
+          this.c.log.error({ job: job.id, err: errorMessage(err) }, 'journal write failed')
+        })
+      } else {
+        job.journaled.then(() => { journal.updated(job) }).catch(() => {})
+      }
+    })
+  }
+
+  private enqueue (job: Job): void {
     this.waiting.push(job)
-    this.c.log.info({ job: job.id, op: spec.op, units: plan.units }, 'job submitted')
     this.next()
-    return job
   }
 
   get (id: string): Job {
@@ -169,7 +247,11 @@ export class JobManager {
     return out
   }
 
-  /** Stops taking work and cancels the jobs this node coordinates. */
+  /**
+   * Stops taking work and stops the jobs this node coordinates (their shards
+   * stop on the peers); the journal keeps them as they were, so they resume
+   * at the next start.
+   */
   stop (): void {
     this.accepting = false
     for (const job of this.jobs.values()) job.cancel()
@@ -193,7 +275,24 @@ export class JobManager {
       const job = this.waiting.shift()
       if (job === undefined || job.finished) continue
       this.running++
-      this.coordinator.run(job).finally(() => {
+      const completed = this.resumed.get(job.id)
+      this.resumed.delete(job.id)
+      const journal = this.journal
+      job.journaled.then(async () => {
+        await this.coordinator.run(job, {
+          completed,
+          onPlanned: (j) => { journal?.updated(j) },
+          onShardDone: journal === undefined
+            ? undefined
+            : (index, partial) => {
+                journal.shardDone(job, index, partial).catch((err: unknown) => {
+                  this.c.log.error({ job: job.id, shard: index, err: errorMessage(err) }, 'journal write failed')
+                })
+              }
+        })
+      }, (err: unknown) => {
+        job.finish('failed', undefined, { code: 'ERR_JOURNAL', message: `cannot write job ${job.id} to the journal: ${errorMessage(err)}` })
+      }).finally(() => {
         this.running--
         this.c.log.info({ job: job.id, state: job.state, ms: (job.finishedAt ?? Date.now()) - job.createdAt }, 'job finished')
         this.next()
@@ -205,7 +304,10 @@ export class JobManager {
     if (this.jobs.size <= MAX_RETAINED_JOBS) return
     for (const [id, job] of this.jobs) {
       if (this.jobs.size <= MAX_RETAINED_JOBS) break
-      if (job.finished) this.jobs.delete(id)
+      if (job.finished) {
+        this.jobs.delete(id)
+        this.journal?.remove(id).catch(() => {})
+      }
     }
   }
 }
@@ -224,3 +326,4 @@ function checkVerify (v: unknown): { replicas: number, spotCheck: number, rtol: 
   if (typeof rtol !== 'number' || !(rtol > 0 && rtol < 1)) throw new InvalidInputError('verify.rtol must be a number between 0 and 1', 'ERR_BAD_VERIFY')
   return { replicas, spotCheck, rtol }
 }
+

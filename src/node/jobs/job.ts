@@ -81,6 +81,17 @@ export interface JobView {
   shards: ShardRecord[]
 }
 
+export interface JobInit {
+  id: string
+  op: string
+  params?: Params
+  /** The inputs; absent for a finished job restored from the journal. */
+  inputs?: Tensors
+  inputDescs?: Record<string, { dtype: string, shape: number[] }>
+  verify: { replicas: number, spotCheck: number, rtol: number }
+  createdAt?: number
+}
+
 export interface JobEvents {
   progress: CustomEvent<{ done: number, total: number }>
   state: CustomEvent<JobState>
@@ -98,7 +109,13 @@ export class Job extends TypedEventEmitter<JobEvents> {
   readonly op: string
   readonly params: Params
   readonly inputDescs: Record<string, { dtype: string, shape: number[] }>
-  readonly createdAt = Date.now()
+  readonly createdAt: number
+  /** Where the journal keeps the result of a job restored after a restart (not loaded until asked for). */
+  resultPath?: string
+  /** Resolves once the journal holds the job's inputs (a job only starts after that). */
+  journaled: Promise<void> = Promise.resolve()
+  /** Resolves once the journal holds the job's final state (and result). */
+  persisted: Promise<void> = Promise.resolve()
   readonly controller = new AbortController()
   plan?: JobPlan
   inputs?: Tensors
@@ -109,23 +126,27 @@ export class Job extends TypedEventEmitter<JobEvents> {
   bids: BidRecord[] = []
   output?: HostTensor
   error?: { code: string, message: string }
+  /** Output shape of a restored job whose result is on disk. */
+  outputDesc?: { dtype: string, shape: number[] }
   readonly verify: { replicas: number, spotCheck: number, rtol: number }
   /** Shards whose partial was compared across peers. */
   verified = 0
   /** Peers whose partial lost a vote, by shard. */
   outvoted: Array<{ shard: number, peer: string }> = []
   private readonly settled: Promise<HostTensor>
+  private readResult?: () => Promise<HostTensor>
   private resolveResult: (t: HostTensor) => void = () => {}
   private rejectResult: (err: Error) => void = () => {}
 
-  constructor (id: string, spec: JobSpec, verify: { replicas: number, spotCheck: number, rtol: number }) {
+  constructor (init: JobInit) {
     super()
-    this.id = id
-    this.verify = verify
-    this.op = spec.op
-    this.params = spec.params ?? {}
-    this.inputs = spec.inputs
-    this.inputDescs = Object.fromEntries(Object.entries(spec.inputs).map(([k, t]) => [k, { dtype: t.dtype, shape: [...t.shape] }]))
+    this.id = init.id
+    this.verify = init.verify
+    this.op = init.op
+    this.params = init.params ?? {}
+    this.inputs = init.inputs
+    this.createdAt = init.createdAt ?? Date.now()
+    this.inputDescs = init.inputDescs ?? Object.fromEntries(Object.entries(init.inputs ?? {}).map(([k, t]) => [k, { dtype: t.dtype, shape: [...t.shape] }]))
     this.settled = new Promise<HostTensor>((resolve, reject) => {
       this.resolveResult = resolve
       this.rejectResult = reject
@@ -144,6 +165,7 @@ export class Job extends TypedEventEmitter<JobEvents> {
 
   /** The result tensor once the job succeeds; rejects with the job's error otherwise. */
   async result (): Promise<HostTensor> {
+    if (this.output === undefined && this.readResult !== undefined) return await this.readResult()
     return await this.settled
   }
 
@@ -162,6 +184,19 @@ export class Job extends TypedEventEmitter<JobEvents> {
 
   progressed (): void {
     this.safeDispatchEvent('progress', { detail: { done: this.done, total: this.shards.length } })
+  }
+
+  /**
+   * Puts a job restored from the journal into its finished state, without
+   * events. A succeeded job's result stays on disk until someone asks.
+   */
+  restoreFinished (state: JobState, finishedAt: number | undefined, error: { code: string, message: string } | undefined, readResult?: () => Promise<HostTensor>): void {
+    this.state = state
+    this.finishedAt = finishedAt
+    this.error = error
+    this.inputs = undefined
+    if (state === 'succeeded' && readResult !== undefined) this.readResult = readResult
+    else this.rejectResult(new JobFailedError(error?.code ?? 'ERR_JOB_FAILED', error?.message ?? state))
   }
 
   finish (state: 'succeeded' | 'failed' | 'cancelled', output?: HostTensor, error?: { code: string, message: string }): void {
@@ -195,6 +230,7 @@ export class Job extends TypedEventEmitter<JobEvents> {
       view.elapsedMs = this.finishedAt - this.createdAt
     }
     if (this.output !== undefined) view.output = { dtype: this.output.dtype, shape: this.output.shape }
+    else if (this.outputDesc !== undefined) view.output = this.outputDesc
     else if (this.plan !== undefined) view.output = { dtype: this.plan.output.dtype, shape: this.plan.output.shape }
     if (this.error !== undefined) view.error = this.error
     return view

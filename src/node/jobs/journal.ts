@@ -1,0 +1,216 @@
+import { mkdir, open, rename, rm, readdir } from 'node:fs/promises'
+import { existsSync } from 'node:fs'
+import { join } from 'node:path'
+import { encodeNpy, readNpyFile } from '../../compute/npy.ts'
+import type { HostTensor } from '../../compute/tensor.ts'
+import type { Tensors } from '../../compute/operators/types.ts'
+import type { Job, JobState, JobView } from './job.ts'
+import type { DatabaseSync, StatementSync } from 'node:sqlite'
+
+/** node:sqlite warns that it is experimental on first load; that warning is noise on a CLI's stderr. */
+async function loadSqlite (): Promise<typeof import('node:sqlite')> {
+  const original = process.emitWarning
+  process.emitWarning = ((warning: string | Error, ...rest: unknown[]) => {
+    if (String(warning).includes('SQLite is an experimental feature')) return
+    ;(original as (...args: unknown[]) => void).call(process, warning, ...rest)
+  }) as typeof process.emitWarning
+  try {
+    return await import('node:sqlite')
+  } finally {
+    process.emitWarning = original
+  }
+}
+
+/** A job as the journal holds it. */
+export interface StoredJob {
+  id: string
+  op: string
+  state: JobState
+  spec: { params: Record<string, unknown>, verify: Job['verify'], inputs: Record<string, { dtype: string, shape: number[] }> }
+  createdAt: number
+  startedAt?: number
+  finishedAt?: number
+  error?: { code: string, message: string }
+  /** The job's record (bids, shards, verification) as last written. */
+  record?: Pick<JobView, 'bids' | 'shards' | 'verification' | 'output'>
+  /** Shards whose partials are on disk, by index: tensor name to file. */
+  partials: Map<number, Record<string, string>>
+  resultPath?: string
+  inputDir: string
+}
+
+/**
+ * The job journal: one SQLite database for specs, states and records, and
+ * tensors as .npy files beside it (inputs, accepted partials, results).
+ * Every file is written to a temporary name, flushed and renamed before the
+ * row that points to it is committed, so a crash leaves either the old state
+ * or the new one, never a torn result.
+ */
+export class Journal {
+  private readonly dir: string
+  private db?: DatabaseSync
+  private stmts?: Record<'insert' | 'update' | 'finish' | 'partial' | 'remove' | 'removeShards', StatementSync>
+
+  constructor (dataDir: string) {
+    this.dir = dataDir
+  }
+
+  jobDir (id: string): string {
+    return join(this.dir, 'jobs', id)
+  }
+
+  async open (): Promise<void> {
+    await mkdir(join(this.dir, 'jobs'), { recursive: true })
+    const { DatabaseSync } = await loadSqlite()
+    const db = new DatabaseSync(join(this.dir, 'journal.sqlite'))
+    // WAL: a crash mid-write rolls back to the last commit; readers never see half a transaction.
+    db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;')
+    db.exec(`CREATE TABLE IF NOT EXISTS jobs (
+      id TEXT PRIMARY KEY, op TEXT NOT NULL, spec TEXT NOT NULL, state TEXT NOT NULL,
+      created INTEGER NOT NULL, started INTEGER, finished INTEGER, error TEXT, record TEXT, result TEXT)`)
+    db.exec(`CREATE TABLE IF NOT EXISTS shards (
+      job TEXT NOT NULL, idx INTEGER NOT NULL, files TEXT NOT NULL, PRIMARY KEY (job, idx))`)
+    this.db = db
+    this.stmts = {
+      insert: db.prepare('INSERT OR REPLACE INTO jobs (id, op, spec, state, created) VALUES (?, ?, ?, ?, ?)'),
+      update: db.prepare('UPDATE jobs SET state = ?, started = ?, record = ? WHERE id = ?'),
+      finish: db.prepare('UPDATE jobs SET state = ?, started = ?, finished = ?, error = ?, record = ?, result = ? WHERE id = ?'),
+      partial: db.prepare('INSERT OR REPLACE INTO shards (job, idx, files) VALUES (?, ?, ?)'),
+      remove: db.prepare('DELETE FROM jobs WHERE id = ?'),
+      removeShards: db.prepare('DELETE FROM shards WHERE job = ?')
+    }
+  }
+
+  close (): void {
+    this.db?.close()
+    this.db = undefined
+  }
+
+  /** Inputs to disk, then the row: a job is resumable once this resolves. */
+  async submitted (job: Job, inputs: Tensors): Promise<void> {
+    const dir = this.jobDir(job.id)
+    await mkdir(dir, { recursive: true })
+    for (const [name, t] of Object.entries(inputs)) await writeAtomic(join(dir, `input-${name}.npy`), encodeNpy(t))
+    this.stmts?.insert.run(job.id, job.op, JSON.stringify({ params: job.params, verify: job.verify, inputs: job.inputDescs }), job.state, job.createdAt)
+  }
+
+  /** The record as it stands (state, shards, bids); small, written on every shard that finishes. */
+  updated (job: Job): void {
+    // A finished job's row is written once, by finished(); a stopping node's jobs stay as they were.
+    if (job.finished) return
+    const v = job.toJSON()
+    this.stmts?.update.run(job.state, job.startedAt ?? null, JSON.stringify({ bids: v.bids, shards: v.shards, verification: v.verification, output: v.output }), job.id)
+  }
+
+  async shardDone (job: Job, index: number, partial: Tensors): Promise<void> {
+    const dir = this.jobDir(job.id)
+    const files: Record<string, string> = {}
+    for (const [name, t] of Object.entries(partial)) {
+      const file = `shard-${index}-${name}.npy`
+      await writeAtomic(join(dir, file), encodeNpy(t))
+      files[name] = file
+    }
+    this.stmts?.partial.run(job.id, index, JSON.stringify(files))
+    this.updated(job)
+  }
+
+  /** Result file first, then the row; inputs and partials go once the result is safe. */
+  async finished (job: Job): Promise<void> {
+    const dir = this.jobDir(job.id)
+    let result: string | null = null
+    if (job.output !== undefined) {
+      await writeAtomic(join(dir, 'result.npy'), encodeNpy(job.output))
+      result = 'result.npy'
+    }
+    const v = job.toJSON()
+    const db = this.db
+    if (db === undefined) return
+    db.exec('BEGIN')
+    try {
+      this.stmts?.finish.run(job.state, job.startedAt ?? null, job.finishedAt ?? Date.now(), job.error === undefined ? null : JSON.stringify(job.error),
+        JSON.stringify({ bids: v.bids, shards: v.shards, verification: v.verification, output: v.output }), result, job.id)
+      this.stmts?.removeShards.run(job.id)
+      db.exec('COMMIT')
+    } catch (err) {
+      db.exec('ROLLBACK')
+      throw err
+    }
+    for (const file of await readdir(dir).catch(() => [] as string[])) {
+      if (file !== 'result.npy') await rm(join(dir, file), { force: true })
+    }
+  }
+
+  async remove (id: string): Promise<void> {
+    this.stmts?.remove.run(id)
+    this.stmts?.removeShards.run(id)
+    await rm(this.jobDir(id), { recursive: true, force: true })
+  }
+
+  load (): StoredJob[] {
+    const db = this.db
+    if (db === undefined) return []
+    const partials = new Map<string, Map<number, Record<string, string>>>()
+    for (const row of db.prepare('SELECT job, idx, files FROM shards').all() as Array<{ job: string, idx: number, files: string }>) {
+      const m = partials.get(row.job) ?? new Map<number, Record<string, string>>()
+      m.set(row.idx, JSON.parse(row.files) as Record<string, string>)
+      partials.set(row.job, m)
+    }
+    const rows = db.prepare('SELECT * FROM jobs ORDER BY created').all() as Array<Record<string, string | number | null>>
+    return rows.map(r => {
+      const id = String(r.id)
+      const stored: StoredJob = {
+        id,
+        op: String(r.op),
+        state: String(r.state) as JobState,
+        spec: JSON.parse(String(r.spec)) as StoredJob['spec'],
+        createdAt: Number(r.created),
+        partials: partials.get(id) ?? new Map(),
+        inputDir: this.jobDir(id)
+      }
+      if (r.started !== null) stored.startedAt = Number(r.started)
+      if (r.finished !== null) stored.finishedAt = Number(r.finished)
+      if (r.error !== null) stored.error = JSON.parse(String(r.error)) as StoredJob['error']
+      if (r.record !== null) stored.record = JSON.parse(String(r.record)) as StoredJob['record']
+      if (r.result !== null) stored.resultPath = join(this.jobDir(id), String(r.result))
+      return stored
+    })
+  }
+
+  /** The inputs of a stored job, or the name of the first one that is gone. */
+  async readInputs (stored: StoredJob): Promise<Tensors | { missing: string }> {
+    const inputs: Tensors = {}
+    for (const name of Object.keys(stored.spec.inputs)) {
+      const path = join(stored.inputDir, `input-${name}.npy`)
+      if (!existsSync(path)) return { missing: path }
+      inputs[name] = await readNpyFile(path)
+    }
+    return inputs
+  }
+
+  async readPartials (stored: StoredJob): Promise<Map<number, Tensors>> {
+    const out = new Map<number, Tensors>()
+    for (const [index, files] of stored.partials) {
+      const partial: Tensors = {}
+      for (const [name, file] of Object.entries(files)) partial[name] = await readNpyFile(join(stored.inputDir, file))
+      out.set(index, partial)
+    }
+    return out
+  }
+
+  async readResult (path: string): Promise<HostTensor> {
+    return await readNpyFile(path)
+  }
+}
+
+/** Write to a temporary name, flush to disk, rename over the target. */
+export async function writeAtomic (path: string, bytes: Uint8Array): Promise<void> {
+  const tmp = `${path}.tmp-${process.pid}`
+  const fh = await open(tmp, 'w')
+  try {
+    await fh.writeFile(bytes)
+    await fh.sync()
+  } finally {
+    await fh.close()
+  }
+  await rename(tmp, path)
+}
