@@ -58,7 +58,7 @@ describe('job journal', () => {
       job.addEventListener('progress', () => { if (job.done >= 2) resolve() })
     })
     await local
-    await job.persisted // nothing pending but the shard files: let them land
+    await job.persisted // the accepted partials are on disk
     const doneBefore = job.shards.filter(s => s.state === 'done').map(s => s.index)
     await stopAll(nodes)
     expect(doneBefore).toHaveLength(2)

@@ -171,14 +171,21 @@ export class JobManager {
       // A node that stops leaves its unfinished jobs as they are in the journal, to resume at the next start.
       if (!this.accepting) return
       if (job.finished) {
-        // After the inputs are on disk: a finished row must not be overwritten by the submit row.
-        job.persisted = job.journaled.then(async () => { await journal.finished(job) })
-        job.persisted.catch((err: unknown) => {
-          this.c.log.error({ job: job.id, err: errorMessage(err) }, 'journal write failed')
-        })
+        this.persist(job, async () => { await journal.finished(job) })
       } else {
         job.journaled.then(() => { journal.updated(job) }).catch(() => {})
       }
+    })
+  }
+
+  /**
+   * Journal writes of one job run one after another, after its inputs: a
+   * result never lands before the partials it replaces, nor a row before
+   * the files it names.
+   */
+  private persist (job: Job, write: () => Promise<void>): void {
+    job.persisted = job.persisted.then(async () => { await job.journaled }).then(write).catch((err: unknown) => {
+      this.c.log.error({ job: job.id, err: errorMessage(err) }, 'journal write failed')
     })
   }
 
@@ -284,11 +291,7 @@ export class JobManager {
           onPlanned: (j) => { journal?.updated(j) },
           onShardDone: journal === undefined
             ? undefined
-            : (index, partial) => {
-                journal.shardDone(job, index, partial).catch((err: unknown) => {
-                  this.c.log.error({ job: job.id, shard: index, err: errorMessage(err) }, 'journal write failed')
-                })
-              }
+            : (index, partial) => { this.persist(job, async () => { await journal.shardDone(job, index, partial) }) }
         })
       }, (err: unknown) => {
         job.finish('failed', undefined, { code: 'ERR_JOURNAL', message: `cannot write job ${job.id} to the journal: ${errorMessage(err)}` })

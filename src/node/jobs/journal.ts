@@ -49,7 +49,7 @@ export interface StoredJob {
 export class Journal {
   private readonly dir: string
   private db?: DatabaseSync
-  private stmts?: Record<'insert' | 'update' | 'finish' | 'partial' | 'remove' | 'removeShards', StatementSync>
+  private stmts?: Record<'insert' | 'update' | 'record' | 'finish' | 'partial' | 'remove' | 'removeShards', StatementSync>
 
   constructor (dataDir: string) {
     this.dir = dataDir
@@ -74,6 +74,7 @@ export class Journal {
     this.stmts = {
       insert: db.prepare('INSERT OR REPLACE INTO jobs (id, op, spec, state, created) VALUES (?, ?, ?, ?, ?)'),
       update: db.prepare('UPDATE jobs SET state = ?, started = ?, record = ? WHERE id = ?'),
+      record: db.prepare('UPDATE jobs SET record = ? WHERE id = ?'),
       finish: db.prepare('UPDATE jobs SET state = ?, started = ?, finished = ?, error = ?, record = ?, result = ? WHERE id = ?'),
       partial: db.prepare('INSERT OR REPLACE INTO shards (job, idx, files) VALUES (?, ?, ?)'),
       remove: db.prepare('DELETE FROM jobs WHERE id = ?'),
@@ -96,10 +97,12 @@ export class Journal {
 
   /** The record as it stands (state, shards, bids); small, written on every shard that finishes. */
   updated (job: Job): void {
-    // A finished job's row is written once, by finished(); a stopping node's jobs stay as they were.
-    if (job.finished) return
     const v = job.toJSON()
-    this.stmts?.update.run(job.state, job.startedAt ?? null, JSON.stringify({ bids: v.bids, shards: v.shards, verification: v.verification, output: v.output }), job.id)
+    const record = JSON.stringify({ bids: v.bids, shards: v.shards, verification: v.verification, output: v.output })
+    // The state column of a finished job is written once, by finished(); a stopping node's
+    // jobs keep their unfinished state so that they resume.
+    if (job.finished) this.stmts?.record.run(record, job.id)
+    else this.stmts?.update.run(job.state, job.startedAt ?? null, record, job.id)
   }
 
   async shardDone (job: Job, index: number, partial: Tensors): Promise<void> {
