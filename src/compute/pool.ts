@@ -59,7 +59,9 @@ export interface RunOptions {
   /**
    * Move input buffers to the worker instead of copying them. Only arrays
    * that own their whole buffer are moved (and are detached for the
-   * caller); views of a larger tensor are always copied.
+   * caller); views of a larger tensor are always copied. Use it for tensors
+   * no one else needs, such as a task decoded from a peer's stream; never
+   * for a job's own tensors, which its other shards still read (matmul's b).
    */
   transfer?: boolean
 }
@@ -121,6 +123,10 @@ function prepareInputs (inputs: Tensors, transfer: boolean): { inputs: Tensors, 
   const buffers = new Set<ArrayBuffer>()
   for (const [name, t] of Object.entries(inputs)) {
     let data = t.data
+    // `detached` is ES2024 (Node 22 has it; the configured lib does not type it).
+    if ((data.buffer as { detached?: boolean }).detached === true) {
+      throw new InvalidInputError(`input '${name}' was transferred away already (its buffer is detached); run tensors that other tasks share with transfer: false`, 'ERR_DETACHED_INPUT')
+    }
     // A buffer listed twice in a transfer list is an error, so a second
     // input on the same buffer is copied.
     if (!transfer || !ownsBuffer(data) || buffers.has(data.buffer as ArrayBuffer)) data = data.slice()
@@ -252,7 +258,13 @@ export class ExecutorPool extends EventTarget {
         reject(new QueueFullError(`the executor queue is full (${this.maxQueue} tasks waiting)`))
         return
       }
-      const prepared = prepareInputs(task.inputs, options.transfer === true)
+      let prepared: ReturnType<typeof prepareInputs>
+      try {
+        prepared = prepareInputs(task.inputs, options.transfer === true)
+      } catch (err) {
+        reject(err as Error)
+        return
+      }
       const job: Job = { task: { op: task.op, params: task.params, inputs: prepared.inputs }, transfer: prepared.transfer, resolve, reject }
       if (signal !== undefined) {
         job.signal = signal
@@ -289,8 +301,16 @@ export class ExecutorPool extends EventTarget {
         reject: (err) => { this.settle(job, err) }
       }
       const msg: ToWorker = { type: 'run', id, task: job.task }
-      // The job's copies and moved buffers now belong to the worker.
-      slot.worker.postMessage(msg, job.transfer)
+      try {
+        // The job's copies and moved buffers now belong to the worker.
+        slot.worker.postMessage(msg, job.transfer)
+      } catch (err) {
+        // Nothing reached the worker (e.g. a buffer could not be cloned): the
+        // slot is still free and only this job fails.
+        slot.pending = undefined
+        slot.state = 'idle'
+        this.settle(job, new InvalidInputError(`${job.task.op}: the task could not be sent to a worker: ${(err as Error).message}`, 'ERR_TASK_NOT_SENT'))
+      }
     }
   }
 

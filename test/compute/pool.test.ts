@@ -32,7 +32,7 @@ class Control {
 
   constructor () {
     this.bc.onmessage = (evt) => {
-      const tag = (evt as MessageEvent<{ started?: string }>).data.started
+      const tag = ((evt as MessageEvent).data as { started?: string }).started
       if (tag === undefined) return
       this.seen.add(tag)
       this.waiting.get(tag)?.()
@@ -48,7 +48,9 @@ class Control {
     await new Promise<void>((resolve) => { this.waiting.set(tag, resolve) })
   }
 
-  release (tag: string): void {
+  /** Releases a held task once it has started (a release sent earlier would not be heard). */
+  async release (tag: string): Promise<void> {
+    await this.started(tag)
     this.bc.postMessage({ release: tag })
   }
 
@@ -96,13 +98,32 @@ describe('executor pool with the real worker', () => {
     const cuts = [0, 10, 11, 30, 37]
     await Promise.all(cuts.slice(1).map(async (end, index) => {
       const range = { index, start: cuts[index] as number, end }
-      // Local shards are views of the job's tensors: they must be copied, not detached.
-      const { partial, computeMs } = await pool.run(matmul.shard(plan, inputs, range), { transfer: true })
+      // A local shard reads the job's own tensors (all shards share b): copy.
+      const { partial, computeMs } = await pool.run(matmul.shard(plan, inputs, range), { transfer: false })
       expect(computeMs).toBeGreaterThanOrEqual(0)
       reducer.add(range, partial)
     }))
     expect(maxRelativeError(reducer.result().data, want.data)).toBeLessThan(1e-4)
     expect(inputs.a.data.length).toBe(37 * 64)
+    expect(inputs.b.data.length).toBe(64 * 9)
+  })
+
+  it('refuses an input whose buffer was already transferred, and keeps working', async () => {
+    const b = hostTensor('float32', [3, 1], Float32Array.from([1, 0, -1]))
+    const first = smallMatmul()
+    expectSmallMatmul(await pool.run({ ...first, inputs: { a: first.inputs.a!, b } }, { transfer: true }))
+    const second = smallMatmul()
+    expect(await codeOf(pool.run({ ...second, inputs: { a: second.inputs.a!, b } }, { transfer: true }))).toBe('ERR_DETACHED_INPUT')
+    expect(pool.busy).toBe(0)
+    expectSmallMatmul(await pool.run(smallMatmul()))
+  })
+
+  it('transfer: true copies a view instead of detaching the tensor it belongs to', async () => {
+    const whole = Float32Array.from([9, 9, 1, 2, 3, 4, 5, 6])
+    const task = smallMatmul()
+    const view = hostTensor('float32', [2, 3], whole.subarray(2))
+    expectSmallMatmul(await pool.run({ ...task, inputs: { a: view, b: task.inputs.b! } }, { transfer: true }))
+    expect(Array.from(whole)).toEqual([9, 9, 1, 2, 3, 4, 5, 6])
   })
 
   it('transfer: true moves an input that owns its buffer (the caller\'s array is detached)', async () => {
@@ -164,11 +185,11 @@ describe('executor pool scheduling and failures', () => {
     expect(pool.queued).toBe(1)
     // Both are inside map at the same time: each waits for its release.
     await Promise.all([control.started('1'), control.started('2')])
-    control.release('2')
+    await control.release('2')
     expect(Array.from((await p2).partial.out?.data ?? [])).toEqual([2])
     await control.started('3')
-    control.release('1')
-    control.release('3')
+    await control.release('1')
+    await control.release('3')
     const [r1, r3] = await Promise.all([p1, p3])
     expect(Array.from(r1.partial.out?.data ?? [])).toEqual([1])
     expect(Array.from(r3.partial.out?.data ?? [])).toEqual([3])
@@ -182,9 +203,7 @@ describe('executor pool scheduling and failures', () => {
     const queued = [pool.run(control.task('hold', 'q3')), pool.run(control.task('hold', 'q4'))]
     expect(pool.queued).toBe(2)
     expect(await codeOf(pool.run(control.task('hold', 'q5')))).toBe('ERR_QUEUE_FULL')
-    for (const tag of ['q1', 'q2', 'q3', 'q4']) control.release(tag)
-    // Release may reach a worker before its task starts; release again once started.
-    await Promise.all(['q3', 'q4'].map(async (tag) => { await control.started(tag); control.release(tag) }))
+    await Promise.all(['q1', 'q2', 'q3', 'q4'].map(async tag => { await control.release(tag) }))
     await Promise.all([...running, ...queued])
   })
 
@@ -197,8 +216,8 @@ describe('executor pool scheduling and failures', () => {
     expect(await codeOf(queued)).toBe('ERR_ABORTED')
     expect(pool.queued).toBe(0)
     await Promise.all([control.started('a1'), control.started('a2')])
-    control.release('a1')
-    control.release('a2')
+    await control.release('a1')
+    await control.release('a2')
     await Promise.all(held)
     expect(pool.restarts).toBe(0)
   })
@@ -219,8 +238,8 @@ describe('executor pool scheduling and failures', () => {
     // Two tasks held at once need both workers: the spinning one is gone.
     const held = [pool.run(control.task('hold', 's2')), pool.run(control.task('hold', 's3'))]
     await Promise.all([control.started('s2'), control.started('s3')])
-    control.release('s2')
-    control.release('s3')
+    await control.release('s2')
+    await control.release('s3')
     await Promise.all(held)
   })
 
@@ -239,8 +258,8 @@ describe('executor pool scheduling and failures', () => {
     expect(pool.restarts).toBe(before + 1)
     const held = [pool.run(control.task('hold', 'c2')), pool.run(control.task('hold', 'c3'))]
     await Promise.all([control.started('c2'), control.started('c3')])
-    control.release('c2')
-    control.release('c3')
+    await control.release('c2')
+    await control.release('c3')
     await Promise.all(held)
   })
 })
@@ -252,12 +271,12 @@ describe('executor pool lifecycle', () => {
     await pool.start()
     const control = new Control()
     try {
-      const held = pool.run(control.task('hold', 'l1'))
-      const queued = pool.run(smallMatmul())
+      const held = codeOf(pool.run(control.task('hold', 'l1')))
+      const queued = codeOf(pool.run(smallMatmul()))
       await control.started('l1')
       await pool.stop()
-      expect(await codeOf(held)).toBe('ERR_POOL_NOT_RUNNING')
-      expect(await codeOf(queued)).toBe('ERR_POOL_NOT_RUNNING')
+      expect(await held).toBe('ERR_POOL_NOT_RUNNING')
+      expect(await queued).toBe('ERR_POOL_NOT_RUNNING')
       expect(pool.slots).toBe(0)
       expect(await codeOf(pool.run(smallMatmul()))).toBe('ERR_POOL_NOT_RUNNING')
     } finally {
