@@ -152,6 +152,7 @@ export class ExecutorPool extends EventTarget {
   private restartCount = 0
   /** Replacement workers still loading; stop() waits for them to end too. */
   private readonly spawning = new Set<Promise<void>>()
+  private starting?: Promise<void>
 
   constructor (init: ExecutorPoolInit = {}) {
     super()
@@ -210,35 +211,58 @@ export class ExecutorPool extends EventTarget {
   }
 
   async start (): Promise<void> {
+    if (this.state === 'starting' && this.starting !== undefined) return await this.starting
     if (this.state !== 'stopped') return
     this.state = 'starting'
+    this.starting = this.startWorkers()
+    try {
+      await this.starting
+    } finally {
+      this.starting = undefined
+    }
+    this.changed()
+  }
+
+  private async startWorkers (): Promise<void> {
     try {
       // The first worker resolves 'auto'; the rest load that same backend so
       // the pool is uniform and its GFLOPS mean one thing.
       const first = await this.spawn(this.init.backend ?? 'auto')
+      this.slotList.push(first.slot)
+      this.checkNotStopped()
       this.resolved = first.ready.backend
       if (first.ready.gpu !== undefined) this.gpuInfo = first.ready.gpu
       this.operatorList = first.ready.operators
-      this.slotList.push(first.slot)
       const rest = await Promise.allSettled(Array.from({ length: this.workerCount - 1 }, async () => await this.spawn(first.ready.backend)))
       for (const r of rest) if (r.status === 'fulfilled') this.slotList.push(r.value.slot)
       const failed = rest.find(r => r.status === 'rejected')
       if (failed !== undefined) throw failed.reason
+      this.checkNotStopped()
       if (this.init.calibrate !== false) this.calibrated = await this.calibrate()
+      this.checkNotStopped()
       this.state = 'running'
     } catch (err) {
       await this.terminateAll()
       this.resolved = undefined
-      this.state = 'stopped'
+      // A concurrent stop() owns the state from here.
+      if ((this.state as string) === 'starting') this.state = 'stopped'
       throw err
     }
-    this.changed()
+  }
+
+  /** stop() during start() wins: start gives up at its next step. */
+  private checkNotStopped (): void {
+    if ((this.state as string) !== 'starting') throw new PoolNotRunningError('the executor pool was stopped while starting')
   }
 
   /** Terminates every worker; queued and running tasks reject with ERR_POOL_NOT_RUNNING. */
   async stop (): Promise<void> {
     if (this.state === 'stopped' || this.state === 'stopping') return
+    // A start() in progress sees the new state at its next step, ends what
+    // it spawned and rejects; wait for that so no worker outlives stop().
+    const starting = this.starting
     this.state = 'stopping'
+    if (starting !== undefined) await starting.catch(() => {})
     for (const job of this.queue.splice(0)) this.settle(job, new PoolNotRunningError('the executor pool stopped before the task ran'))
     await this.terminateAll()
     this.state = 'stopped'

@@ -1,3 +1,4 @@
+import { createRequire } from 'node:module'
 import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { BACKEND_NAMES } from '../../src/compute/backend.ts'
@@ -296,6 +297,30 @@ describe('executor pool lifecycle', () => {
       expect(code).toBe('ERR_BACKEND_UNAVAILABLE')
       expect(pool.slots).toBe(0)
     }
+  })
+
+  it('stop() during start() ends the start with ERR_POOL_NOT_RUNNING and leaves no worker', async () => {
+    const pool = new ExecutorPool({ workers: 2, backend: 'cpu' })
+    const starting = codeOf(pool.start())
+    await pool.stop()
+    expect(await starting).toBe('ERR_POOL_NOT_RUNNING')
+    expect(pool.slots).toBe(0)
+    // And it can start again afterwards.
+    await pool.start()
+    expect(pool.slots).toBe(2)
+    await pool.stop()
+  })
+
+  it('never loads TF.js on the main thread', async () => {
+    const pool = new ExecutorPool({ workers: 1 })
+    await pool.start()
+    try {
+      expectSmallMatmul(await pool.run(smallMatmul()))
+    } finally {
+      await pool.stop()
+    }
+    const loaded = Object.keys(createRequire(import.meta.url).cache).filter(k => k.includes('@tensorflow'))
+    expect(loaded).toEqual([])
   })
 
   it('checks its options', () => {
