@@ -273,6 +273,7 @@ export class ExecutorPool extends EventTarget {
     return new Promise<RunResult>((resolve, reject) => {
       const { signal } = options
       if (this.state !== 'running') { reject(new PoolNotRunningError('the executor pool is not running')); return }
+      if (this.slotList.length === 0) { reject(new WorkerCrashedError('the executor pool has no worker left (restarts failed)')); return }
       if (!this.operatorList.includes(task.op)) {
         reject(new InvalidInputError(`unknown operator ${JSON.stringify(task.op)}; known: ${this.operatorList.join(', ')}`, 'ERR_UNKNOWN_OPERATOR'))
         return

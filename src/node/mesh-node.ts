@@ -64,6 +64,8 @@ export interface NodeInfo {
   peers: number
   /** Peers this node no longer asks for bids: their partials lost too many votes. */
   distrusted: string[]
+  /** Shards this node is running for coordinators right now. */
+  servingShards: number
   adverts: CapacityService['counters']
 }
 
@@ -243,6 +245,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
       uptimeMs: Math.round(performance.now() - this.startedAt),
       peers: this.directory.size,
       distrusted: this.jobManager?.distrusted() ?? [],
+      servingShards: this.jobManager?.servingShards ?? 0,
       adverts: this.capacity?.counters ?? { published: 0, accepted: 0, rejected: { oversized: 0, garbage: 0, spoofed: 0, version: 0, invalid: 0, clock: 0, replayed: 0 }, lastAdvertBytes: 0 }
     }
   }

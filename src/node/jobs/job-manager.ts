@@ -79,6 +79,8 @@ export class JobManager {
   private readonly journal?: Journal
   /** Partials read back from the journal for jobs that resume. */
   private readonly resumed = new Map<string, Map<number, Tensors>>()
+  /** Shards this node is running for coordinators (its own jobs' local shards excluded). */
+  servingShards = 0
   /** Votes each peer's partials lost, across this node's jobs. */
   readonly outvotes = new Map<string, number>()
 
@@ -238,6 +240,15 @@ export class JobManager {
     const op = getOperator(shard.task.op)
     const units = op.validateTask(shard.task)
     if (units !== shard.end - shard.start) throw new InvalidInputError(`shard declares units ${shard.start}..${shard.end} but carries ${units}`, 'ERR_BAD_RANGE')
+    this.servingShards++
+    try {
+      return await this.runForPeer(shard, signal)
+    } finally {
+      this.servingShards--
+    }
+  }
+
+  private async runForPeer (shard: IncomingShard, signal: AbortSignal): Promise<{ partial: Tensors, computeMs: number }> {
     const out = await this.c.pool.run(shard.task, { signal, transfer: true })
     const faults = this.init.faults
     if (faults?.slowFactor !== undefined && faults.slowFactor > 1) {
