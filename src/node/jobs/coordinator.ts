@@ -88,7 +88,7 @@ export class Coordinator {
       let preferred: string[]
       if (job.shards.length === 0) {
         const split: SplitBid[] = accepted.map(b => ({ peer: b.peer, unitsPerSecond: b.answer?.unitsPerSecond ?? 0, maxUnits: b.answer?.units ?? 0 }))
-        const planned = planShards(plan.units, split, this.init.shardsPerPeer ?? DEFAULT_SHARDS_PER_PEER)
+        const planned = planShards(plan.units, split, job.schedule.shardsPerPeer ?? this.init.shardsPerPeer ?? DEFAULT_SHARDS_PER_PEER)
         job.shards = planned.map(s => ({ index: s.index, start: s.start, end: s.end, state: 'pending', attempts: 0, bytesIn: 0, bytesOut: 0, history: [] }))
         preferred = planned.map(s => s.preferred)
       } else {
@@ -103,7 +103,7 @@ export class Coordinator {
       options.onPlanned?.(job)
       job.progressed()
       const run = new JobRun(this.c, {
-        job, op, inputs, participants, preferred, verify: job.verify, limits: this.init.limits,
+        job, op, inputs, participants, preferred, verify: job.verify, backups: job.schedule.backups !== false, limits: this.init.limits,
         completed: options.completed,
         onShardDone: options.onShardDone,
         onOutvoted: (peer, shard) => { this.c.onOutvoted(peer, job, shard) }

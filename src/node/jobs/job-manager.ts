@@ -5,7 +5,7 @@ import { describe as describeTensor } from '../../compute/tensor.ts'
 import { Coordinator } from './coordinator.ts'
 import { DEFAULT_VERIFY_RTOL } from './job-run.ts'
 import { Job, TERMINAL_STATES } from './job.ts'
-import type { JobSpec } from './job.ts'
+import type { JobSpec, ScheduleSpec } from './job.ts'
 import type { JobHooks } from './coordinator.ts'
 import type { Journal } from './journal.ts'
 import type { ExecutorPool } from '../../compute/index.ts'
@@ -34,6 +34,9 @@ export const MAX_OUTVOTES = 2
 
 /** Largest verify.replicas: each replica is a full copy of the job's work. */
 export const MAX_REPLICAS = 8
+
+/** Most shards per peer a job may ask for: each costs a round trip and, for matmul, a copy of b. */
+export const MAX_SHARDS_PER_PEER = 256
 
 export interface JobManagerComponents {
   libp2p: Libp2p
@@ -108,7 +111,7 @@ export class JobManager {
     const op = getOperator(spec.op)
     this.checkInputLimits(spec.inputs)
     const plan = op.plan(spec.inputs, spec.params ?? {})
-    const job = new Job({ id: randomUUID(), op: spec.op, params: spec.params, inputs: spec.inputs, verify: checkVerify(spec.verify) })
+    const job = new Job({ id: randomUUID(), op: spec.op, params: spec.params, inputs: spec.inputs, verify: checkVerify(spec.verify), schedule: checkSchedule(spec.schedule) })
     job.plan = plan
     this.track(job)
     if (this.journal !== undefined) job.journaled = this.journal.submitted(job, spec.inputs)
@@ -126,7 +129,7 @@ export class JobManager {
     const journal = this.journal
     if (journal === undefined) return
     for (const stored of journal.load()) {
-      const job = new Job({ id: stored.id, op: stored.op, params: stored.spec.params, inputDescs: stored.spec.inputs, verify: stored.spec.verify, createdAt: stored.createdAt })
+      const job = new Job({ id: stored.id, op: stored.op, params: stored.spec.params, inputDescs: stored.spec.inputs, verify: stored.spec.verify, schedule: stored.spec.schedule, createdAt: stored.createdAt })
       job.startedAt = stored.startedAt
       if (stored.record !== undefined) {
         job.bids = stored.record.bids
@@ -341,3 +344,21 @@ function checkVerify (v: unknown): { replicas: number, spotCheck: number, rtol: 
   return { replicas, spotCheck, rtol }
 }
 
+
+function checkSchedule (v: unknown): ScheduleSpec {
+  if (v === undefined || v === null) return {}
+  if (typeof v !== 'object' || Array.isArray(v)) throw new InvalidInputError('schedule must be an object {shardsPerPeer, backups}', 'ERR_BAD_SCHEDULE')
+  const o = v as Record<string, unknown>
+  const extra = Object.keys(o).filter(k => !['shardsPerPeer', 'backups'].includes(k))
+  if (extra.length > 0) throw new InvalidInputError(`schedule has unknown field ${extra.join(', ')}; allowed: shardsPerPeer, backups`, 'ERR_BAD_SCHEDULE')
+  const out: ScheduleSpec = {}
+  if (o.shardsPerPeer !== undefined) {
+    if (typeof o.shardsPerPeer !== 'number' || !Number.isInteger(o.shardsPerPeer) || o.shardsPerPeer < 1 || o.shardsPerPeer > MAX_SHARDS_PER_PEER) throw new InvalidInputError(`schedule.shardsPerPeer must be an integer from 1 to ${MAX_SHARDS_PER_PEER}`, 'ERR_BAD_SCHEDULE')
+    out.shardsPerPeer = o.shardsPerPeer
+  }
+  if (o.backups !== undefined) {
+    if (typeof o.backups !== 'boolean') throw new InvalidInputError('schedule.backups must be true or false', 'ERR_BAD_SCHEDULE')
+    out.backups = o.backups
+  }
+  return out
+}

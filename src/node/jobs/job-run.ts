@@ -115,6 +115,8 @@ export interface JobRunInit {
   /** Peer each shard was cut for ('' when any may take it). */
   preferred: string[]
   verify: VerifyPolicy
+  /** Start backup copies of stragglers once nothing waits. */
+  backups: boolean
   limits: WireLimits
   /** Partials already reduced (a job resumed from the journal). */
   completed?: Map<number, Tensors>
@@ -224,7 +226,7 @@ export class JobRun {
         this.launch(p, want.index, want.only !== undefined ? 'check' : run.failures > 0 ? 'retry' : run.ran.size > 0 ? 'replica' : 'first')
       }
     }
-    if (this.wants.length === 0) this.backups()
+    if (this.wants.length === 0 && this.i.backups) this.backups()
     const running = this.runs.some(r => r.copies.size > 0)
     if (!running && this.wants.length > 0) {
       const want = this.wants[0] as Want

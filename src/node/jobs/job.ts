@@ -15,12 +15,21 @@ export interface VerifySpec {
   rtol?: number
 }
 
+/** How a job is cut and run; every field has a default. */
+export interface ScheduleSpec {
+  /** Shards cut per accepting peer (default 2); more lets fast peers pull more, at a cost per shard. */
+  shardsPerPeer?: number
+  /** Start backup copies of stragglers near the end (default true). */
+  backups?: boolean
+}
+
 /** What a caller submits: an operator name, named input tensors, params. */
 export interface JobSpec {
   op: string
   inputs: Tensors
   params?: Params
   verify?: VerifySpec
+  schedule?: ScheduleSpec
 }
 
 /** One try of a shard on one peer. */
@@ -89,6 +98,7 @@ export interface JobInit {
   inputs?: Tensors
   inputDescs?: Record<string, { dtype: string, shape: number[] }>
   verify: { replicas: number, spotCheck: number, rtol: number }
+  schedule?: ScheduleSpec
   createdAt?: number
 }
 
@@ -129,6 +139,7 @@ export class Job extends TypedEventEmitter<JobEvents> {
   /** Output shape of a restored job whose result is on disk. */
   outputDesc?: { dtype: string, shape: number[] }
   readonly verify: { replicas: number, spotCheck: number, rtol: number }
+  readonly schedule: ScheduleSpec
   /** Shards whose partial was compared across peers. */
   verified = 0
   /** Peers whose partial lost a vote, by shard. */
@@ -142,6 +153,7 @@ export class Job extends TypedEventEmitter<JobEvents> {
     super()
     this.id = init.id
     this.verify = init.verify
+    this.schedule = init.schedule ?? {}
     this.op = init.op
     this.params = init.params ?? {}
     this.inputs = init.inputs

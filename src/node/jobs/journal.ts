@@ -26,7 +26,7 @@ export interface StoredJob {
   id: string
   op: string
   state: JobState
-  spec: { params: Record<string, unknown>, verify: Job['verify'], inputs: Record<string, { dtype: string, shape: number[] }> }
+  spec: { params: Record<string, unknown>, verify: Job['verify'], schedule?: Job['schedule'], inputs: Record<string, { dtype: string, shape: number[] }> }
   createdAt: number
   startedAt?: number
   finishedAt?: number
@@ -92,7 +92,7 @@ export class Journal {
     const dir = this.jobDir(job.id)
     await mkdir(dir, { recursive: true })
     for (const [name, t] of Object.entries(inputs)) await writeAtomic(join(dir, `input-${name}.npy`), encodeNpy(t))
-    this.stmts?.insert.run(job.id, job.op, JSON.stringify({ params: job.params, verify: job.verify, inputs: job.inputDescs }), job.state, job.createdAt)
+    this.stmts?.insert.run(job.id, job.op, JSON.stringify({ params: job.params, verify: job.verify, schedule: job.schedule, inputs: job.inputDescs }), job.state, job.createdAt)
   }
 
   /** The record as it stands (state, shards, bids); small, written on every shard that finishes. */
