@@ -118,7 +118,7 @@ function fromWire (op: string, e: WireError): TensormeshError {
  * and that own their buffer go as they are; anything else is copied now, so
  * after run() returns the pool never reads the caller's arrays again.
  */
-function prepareInputs (inputs: Tensors, transfer: boolean): { inputs: Tensors, transfer: ArrayBuffer[] } {
+function prepareInputs (inputs: Tensors, transfer: boolean, shared: readonly string[] = []): { inputs: Tensors, transfer: ArrayBuffer[] } {
   const out: Tensors = {}
   const buffers = new Set<ArrayBuffer>()
   for (const [name, t] of Object.entries(inputs)) {
@@ -129,7 +129,8 @@ function prepareInputs (inputs: Tensors, transfer: boolean): { inputs: Tensors, 
     }
     // A buffer listed twice in a transfer list is an error, so a second
     // input on the same buffer is copied.
-    if (!transfer || !ownsBuffer(data) || buffers.has(data.buffer as ArrayBuffer)) data = data.slice()
+    // Shared inputs (the same tensor for every shard, often cached) are never moved.
+    if (!transfer || shared.includes(name) || !ownsBuffer(data) || buffers.has(data.buffer as ArrayBuffer)) data = data.slice()
     buffers.add(data.buffer as ArrayBuffer)
     out[name] = { dtype: t.dtype, shape: [...t.shape], data }
   }
@@ -285,12 +286,12 @@ export class ExecutorPool extends EventTarget {
       }
       let prepared: ReturnType<typeof prepareInputs>
       try {
-        prepared = prepareInputs(task.inputs, options.transfer === true)
+        prepared = prepareInputs(task.inputs, options.transfer === true, task.shared)
       } catch (err) {
         reject(err as Error)
         return
       }
-      const job: Job = { task: { op: task.op, params: task.params, inputs: prepared.inputs }, transfer: prepared.transfer, resolve, reject }
+      const job: Job = { task: { op: task.op, params: task.params, inputs: prepared.inputs, ...(task.blobs !== undefined ? { blobs: task.blobs } : {}) }, transfer: prepared.transfer, resolve, reject }
       if (signal !== undefined) {
         job.signal = signal
         job.onAbort = () => { this.abort(job) }

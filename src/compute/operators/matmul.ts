@@ -55,7 +55,7 @@ export const matmul: Operator<MatmulParams> = {
   shard (_plan, inputs, range) {
     const a = requireInput(inputs, 'a')
     const b = requireInput(inputs, 'b')
-    return { op: NAME, params: {} satisfies Params, inputs: { a: rowSlice(a, range.start, range.end), b } }
+    return { op: NAME, params: {} satisfies Params, inputs: { a: rowSlice(a, range.start, range.end), b }, shared: ['b'] }
   },
 
   validateTask (task) {

@@ -46,7 +46,19 @@ export interface ShardRange {
 export interface ShardTask {
   op: string
   params: Params
+  /** Every tensor the shard's map reads, shared ones included. */
   inputs: Tensors
+  /**
+   * Names of inputs that are the same for every shard of the job (matmul's
+   * b, a model's weights). The transport sends these by content address, so
+   * a peer fetches each once however many shards it runs.
+   */
+  shared?: string[]
+  /**
+   * Opaque data the job carries besides tensors, by name (a TF.js model's
+   * artifacts, say); also sent by content address, and never code.
+   */
+  blobs?: Record<string, Uint8Array>
 }
 
 /** Combines partials on the coordinator as they arrive, in any order. */
@@ -66,9 +78,9 @@ export interface Operator<P = Params> {
    * InvalidInputError whose message names the input or param and what was
    * expected.
    */
-  plan: (inputs: Tensors, params: unknown) => JobPlan<P>
+  plan: (inputs: Tensors, params: unknown, blobs?: Record<string, Uint8Array>) => JobPlan<P>
   /** The task for one range of units: views of the inputs, no copy. */
-  shard: (plan: JobPlan<P>, inputs: Tensors, range: ShardRange) => ShardTask
+  shard: (plan: JobPlan<P>, inputs: Tensors, range: ShardRange, blobs?: Record<string, Uint8Array>) => ShardTask
   /**
    * Validates a task that arrived from a peer before it reaches a worker:
    * params and shapes must be consistent, or it throws InvalidInputError.
