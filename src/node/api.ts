@@ -2,6 +2,7 @@ import { createServer } from 'node:http'
 import { InvalidInputError, TensormeshError, errorMessage } from '../errors.ts'
 import { encodeNpy } from '../compute/npy.ts'
 import { readJobRequest } from './job-request.ts'
+import { registerDashboard } from './dashboard/index.ts'
 import type { Job } from './jobs/job.ts'
 import type { MeshNode } from './mesh-node.ts'
 import type { IncomingMessage, Server, ServerResponse } from 'node:http'
@@ -76,6 +77,12 @@ export class ApiServer {
       res.end(bytes)
     })
     this.route('GET', '/v1/jobs/:id/events', (req, res, p) => { this.streamJob(req, res, this.node.jobs.get(p.id ?? '')) })
+    this.route('GET', '/metrics', async (_req, res) => {
+      const { contentType, body } = await this.node.metrics.text()
+      res.writeHead(200, { 'content-type': contentType, 'content-length': Buffer.byteLength(body) })
+      res.end(body)
+    })
+    registerDashboard(this, this.node)
   }
 
   /** Registers a route; `:name` segments become params. */

@@ -18,8 +18,13 @@ import { DEFAULT_WIRE_LIMITS } from '../protocol/limits.ts'
 import { registerShardHandler, SHARD_PROTOCOL } from '../protocol/shard/index.ts'
 import { JobManager } from './jobs/job-manager.ts'
 import { Journal } from './jobs/journal.ts'
+import { BlobStore } from './blob-store.ts'
+import { SharedCache } from './shared-content.ts'
+import { BlobFetcher, BLOB_PROTOCOL, registerBlobHandler } from '../protocol/blob/index.ts'
+import type { Tensors } from '../compute/operators/types.ts'
 import { ApiServer } from './api.ts'
 import { loadOrCreateKey, prepareDataDir } from './keys.ts'
+import { NodeMetrics } from './metrics.ts'
 import { silentLogger } from './log.ts'
 import { PeerDirectory } from './peer-directory.ts'
 import type { Job, JobSpec } from './jobs/job.ts'
@@ -66,6 +71,8 @@ export interface NodeInfo {
   distrusted: string[]
   /** Shards this node is running for coordinators right now. */
   servingShards: number
+  /** Bytes of shared inputs and models this node fetched from peers by CID. */
+  blobBytesFetched: number
   adverts: CapacityService['counters']
 }
 
@@ -82,6 +89,8 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
   readonly log: Logger
   readonly directory: PeerDirectory
   readonly pool: ExecutorPool
+  /** Prometheus metrics of this node (GET /metrics), in a registry of its own. */
+  readonly metrics: NodeMetrics
   private readonly init: MeshNodeInit
   private libp2pNode?: Libp2p<Services>
   private capacity?: CapacityService
@@ -94,6 +103,8 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
   readonly limits: WireLimits
   private jobManager?: JobManager
   private journal?: Journal
+  private blobs?: BlobStore
+  private fetcher?: BlobFetcher
 
   constructor (init: MeshNodeInit) {
     super()
@@ -105,6 +116,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
     this.limits = { ...DEFAULT_WIRE_LIMITS, ...init.limits }
     this.directory = new PeerDirectory({ expiryMs: this.intervalMs * 3 })
     this.pool = new ExecutorPool({ workers: init.workers, backend: init.backend ?? 'auto' })
+    this.metrics = new NodeMetrics({ directory: this.directory, pool: this.pool, libp2p: () => this.libp2pNode, adverts: () => this.capacity?.counters, jobs: () => this.jobManager?.list() ?? [] })
     for (const type of ['peer:join', 'peer:update', 'peer:leave'] as const) {
       this.directory.addEventListener(type, (evt) => { this.safeDispatchEvent(type, { detail: evt.detail }) })
     }
@@ -140,6 +152,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
         connectionEncrypters: [noise()],
         streamMuxers: [yamux()],
         peerDiscovery: this.init.mdns === true ? [mdns()] : [],
+        metrics: this.metrics.libp2pMetrics(),
         services: {
           identify: identify(),
           ping: ping(),
@@ -159,6 +172,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
         this.learnAddrs(evt.detail.capacity.peerId, evt.detail.capacity.addrs)
       })
       this.directory.start()
+      this.metrics.start()
       this.capacity = new CapacityService(
         { peerId: this.libp2p.peerId, pubsub: this.libp2p.services.pubsub, directory: this.directory, log: this.log },
         { intervalMs: this.intervalMs, local: () => this.localCapacity() }
@@ -168,13 +182,26 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
         this.journal = new Journal(this.init.dataDir)
         await this.journal.open()
       }
+      this.blobs = new BlobStore(this.init.dataDir)
+      await this.blobs.start()
+      this.fetcher = new BlobFetcher(this.libp2p, this.blobs)
+      const shared = new SharedCache(this.fetcher, this.limits.maxTensorBytes)
+      await registerBlobHandler(this.libp2p, this.blobs, this.log)
       this.jobManager = new JobManager(
-        { libp2p: this.libp2p, directory: this.directory, pool: this.pool, log: this.log },
-        { journal: this.journal, limits: this.limits, serve: this.init.serve !== false, shardsPerPeer: this.init.shardsPerPeer, hooks: this.init.hooks, faults: this.init.faults }
+        { libp2p: this.libp2p, directory: this.directory, pool: this.pool, log: this.log, blobs: this.blobs },
+        { journal: this.journal, limits: this.limits, serve: this.init.serve !== false, shardsPerPeer: this.init.shardsPerPeer, hooks: this.init.hooks, faults: this.init.faults, observer: this.metrics }
       )
       const jobs = this.jobManager
       await registerBidHandler(this.libp2p, (req) => jobs.bid(req), this.log)
-      await registerShardHandler(this.libp2p, async (shard, signal) => await jobs.execute(shard, signal), this.log, this.limits)
+      await registerShardHandler(this.libp2p, async (shard, signal) => await jobs.execute(shard, signal), this.log, this.limits, async (refs, from) => {
+        const tensors: Tensors = {}
+        const blobs: Record<string, Uint8Array> = {}
+        await Promise.all([
+          ...refs.tensors.map(async r => { tensors[r.name] = await shared.tensor(r.cid, r.name, from) }),
+          ...refs.blobs.map(async r => { blobs[r.name] = await shared.blob(r.cid, from) })
+        ])
+        return { tensors, blobs }
+      })
       this.capacity.start()
       await this.jobManager.restore()
 
@@ -198,7 +225,8 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
     clearInterval(this.connectivityTimer)
     await this.api?.stop()
     this.jobManager?.stop()
-    if (this.libp2pNode !== undefined) await this.libp2pNode.unhandle([BID_PROTOCOL, SHARD_PROTOCOL]).catch(() => {})
+    this.metrics.stop()
+    if (this.libp2pNode !== undefined) await this.libp2pNode.unhandle([BID_PROTOCOL, SHARD_PROTOCOL, BLOB_PROTOCOL]).catch(() => {})
     this.capacity?.stop()
     this.directory.stop()
     await this.libp2pNode?.stop()
@@ -245,6 +273,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
       uptimeMs: Math.round(performance.now() - this.startedAt),
       peers: this.directory.size,
       distrusted: this.jobManager?.distrusted() ?? [],
+      blobBytesFetched: this.fetcher?.fetchedBytes ?? 0,
       servingShards: this.jobManager?.servingShards ?? 0,
       adverts: this.capacity?.counters ?? { published: 0, accepted: 0, rejected: { oversized: 0, garbage: 0, spoofed: 0, version: 0, invalid: 0, clock: 0, replayed: 0 }, lastAdvertBytes: 0 }
     }

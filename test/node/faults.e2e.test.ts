@@ -76,7 +76,7 @@ describe('a peer that lies', () => {
 
 describe('a slow peer', () => {
   it('has its straggling shards copied to idle peers; the first result wins', async () => {
-    nodes = await startMesh(3, (i) => (i === 2 ? { faults: { slowFactor: 20 } } : {}))
+    nodes = await startMesh(3, (i) => (i === 2 ? { faults: { slowFactor: 100 } } : {}))
     const [coord, , slow] = nodes as [MeshNode, MeshNode, MeshNode]
     const job = coord.submit({ op: 'matmul', inputs: { a: await load(dir, 'big'), b: await load(dir, 'w') } })
     const out = await job.result()

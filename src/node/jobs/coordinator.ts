@@ -4,6 +4,7 @@ import { getOperator } from '../../compute/operators/index.ts'
 import { requestBid } from '../../protocol/bid/index.ts'
 import { planShards, DEFAULT_SHARDS_PER_PEER } from './split.ts'
 import { JobRun, MAX_INFLIGHT_PER_PEER, short } from './job-run.ts'
+import { JobShares } from '../shared-content.ts'
 import type { Job } from './job.ts'
 import type { Participant } from './job-run.ts'
 import type { SplitBid } from './split.ts'
@@ -14,6 +15,7 @@ import type { WireLimits } from '../../protocol/limits.ts'
 import type { Logger } from '../log.ts'
 import type { PeerDirectory } from '../peer-directory.ts'
 import type { Libp2p } from '@libp2p/interface'
+import type { BlobStore } from '../blob-store.ts'
 
 export { MAX_SHARD_ATTEMPTS, MAX_INFLIGHT_PER_PEER, DEADLINE_FACTOR, DEADLINE_SLACK_MS } from './job-run.ts'
 
@@ -27,6 +29,8 @@ export interface CoordinatorComponents {
   /** Peers this node no longer asks for bids (outvoted too often). */
   distrusted: (peer: string) => boolean
   onOutvoted: (peer: string, job: Job, shard: number) => void
+  /** Where this node serves a job's shared content from. */
+  blobs: BlobStore
 }
 
 /**
@@ -102,13 +106,18 @@ export class Coordinator {
       })
       options.onPlanned?.(job)
       job.progressed()
-      const run = new JobRun(this.c, {
+      const shares = new JobShares(this.c.blobs)
+      const run = new JobRun({ ...this.c, shares }, {
         job, op, inputs, participants, preferred, verify: job.verify, backups: job.schedule.backups !== false, limits: this.init.limits,
         completed: options.completed,
         onShardDone: options.onShardDone,
         onOutvoted: (peer, shard) => { this.c.onOutvoted(peer, job, shard) }
       })
-      job.finish('succeeded', await run.run())
+      try {
+        job.finish('succeeded', await run.run())
+      } finally {
+        shares.release()
+      }
     } catch (err) {
       if (job.finished) return // cancelled meanwhile
       job.finish('failed', undefined, { code: errorCode(err), message: errorMessage(err) })

@@ -8,6 +8,7 @@ import { Job, TERMINAL_STATES } from './job.ts'
 import type { JobSpec, ScheduleSpec } from './job.ts'
 import type { JobHooks } from './coordinator.ts'
 import type { Journal } from './journal.ts'
+import type { BlobStore } from '../blob-store.ts'
 import type { ExecutorPool } from '../../compute/index.ts'
 import type { Tensors } from '../../compute/operators/types.ts'
 import type { BidAnswer, BidRequest } from '../../protocol/bid/index.ts'
@@ -43,6 +44,7 @@ export interface JobManagerComponents {
   directory: PeerDirectory
   pool: ExecutorPool
   log: Logger
+  blobs: BlobStore
 }
 
 /**
@@ -56,8 +58,17 @@ export interface FaultInjection {
   wrong?: boolean
 }
 
+/** Watches jobs and served shards for metrics; it must never change them. */
+export interface JobObserver {
+  /** A job this node coordinates, new or restored from the journal. */
+  jobTracked: (job: Job) => void
+  /** A shard this node ran for another coordinator. */
+  shardServed: (op: string, outcome: 'ok' | 'error') => void
+}
+
 export interface JobManagerInit {
   faults?: FaultInjection
+  observer?: JobObserver
   /** Where jobs, partials and results outlive the process; none for a memory-only node. */
   journal?: Journal
   limits: WireLimits
@@ -110,11 +121,11 @@ export class JobManager {
     if (!this.accepting) throw new InvalidInputError('node is shutting down', 'ERR_SHUTTING_DOWN')
     const op = getOperator(spec.op)
     this.checkInputLimits(spec.inputs)
-    const plan = op.plan(spec.inputs, spec.params ?? {})
-    const job = new Job({ id: randomUUID(), op: spec.op, params: spec.params, inputs: spec.inputs, verify: checkVerify(spec.verify), schedule: checkSchedule(spec.schedule) })
+    const plan = op.plan(spec.inputs, spec.params ?? {}, spec.blobs)
+    const job = new Job({ id: randomUUID(), op: spec.op, params: spec.params, inputs: spec.inputs, blobs: spec.blobs, verify: checkVerify(spec.verify), schedule: checkSchedule(spec.schedule) })
     job.plan = plan
     this.track(job)
-    if (this.journal !== undefined) job.journaled = this.journal.submitted(job, spec.inputs)
+    if (this.journal !== undefined) job.journaled = this.journal.submitted(job, spec.inputs, spec.blobs)
     this.c.log.info({ job: job.id, op: spec.op, units: plan.units }, 'job submitted')
     this.enqueue(job)
     return job
@@ -151,8 +162,9 @@ export class JobManager {
         continue
       }
       try {
-        job.inputs = inputs
-        job.plan = getOperator(job.op).plan(inputs, job.params)
+        job.inputs = inputs.tensors
+        job.blobs = inputs.blobs
+        job.plan = getOperator(job.op).plan(inputs.tensors, job.params, inputs.blobs)
         // Partials only make sense against the split they were cut by.
         const completed = job.shards.length > 0 ? await journal.readPartials(stored) : new Map<number, Tensors>()
         for (const s of job.shards) {
@@ -170,6 +182,7 @@ export class JobManager {
   private track (job: Job): void {
     this.jobs.set(job.id, job)
     this.evict()
+    this.init.observer?.jobTracked(job)
     const journal = this.journal
     if (journal === undefined) return
     job.addEventListener('state', () => {
@@ -244,10 +257,14 @@ export class JobManager {
     const units = op.validateTask(shard.task)
     if (units !== shard.end - shard.start) throw new InvalidInputError(`shard declares units ${shard.start}..${shard.end} but carries ${units}`, 'ERR_BAD_RANGE')
     this.servingShards++
+    let outcome: 'ok' | 'error' = 'error'
     try {
-      return await this.runForPeer(shard, signal)
+      const out = await this.runForPeer(shard, signal)
+      outcome = 'ok'
+      return out
     } finally {
       this.servingShards--
+      this.init.observer?.shardServed(shard.task.op, outcome)
     }
   }
 

@@ -1,6 +1,7 @@
 import { peerIdFromString } from '@libp2p/peer-id'
 import { TensormeshError, errorCode, errorMessage } from '../../errors.ts'
 import { sendShard } from '../../protocol/shard/index.ts'
+import type { RefPublisher } from '../../protocol/shard/index.ts'
 import { peerText } from '../../protocol/sanitize.ts'
 import type { Job, ShardAttempt, ShardRecord } from './job.ts'
 import type { ExecutorPool } from '../../compute/index.ts'
@@ -105,6 +106,8 @@ export interface JobRunComponents {
   directory: PeerDirectory
   pool: ExecutorPool
   log: Logger
+  /** Gives this job's shared inputs and blobs CIDs and serves them to peers. */
+  shares?: RefPublisher
 }
 
 export interface JobRunInit {
@@ -314,12 +317,12 @@ export class JobRun {
     const timer = setTimeout(() => {
       copy.ctl.abort(new TensormeshError('ERR_SHARD_DEADLINE', `no result within ${Math.round(deadlineMs)} ms (${DEADLINE_FACTOR}x the bid's estimate plus slack)`))
     }, deadlineMs)
-    const task = this.i.op.shard(plan, this.i.inputs, range(rec))
+    const task = this.i.op.shard(plan, this.i.inputs, range(rec), this.i.job.blobs)
     const signal = copy.ctl.signal
     const attemptNo = rec.attempts
     const work = p.local
       ? this.c.pool.run(task, { signal, transfer: false }).then(out => ({ ...out, bytesIn: 0, bytesOut: 0 }))
-      : sendShard(this.c.libp2p, peerIdFromString(p.peer), { jobId: this.i.job.id, index, attempt: attemptNo, start: rec.start, end: rec.end, task }, signal, this.i.limits)
+      : sendShard(this.c.libp2p, peerIdFromString(p.peer), { jobId: this.i.job.id, index, attempt: attemptNo, start: rec.start, end: rec.end, task }, signal, this.i.limits, this.c.shares)
 
     work.then(outcome => {
       attempt.ms = Math.round(performance.now() - copy.startedAt)

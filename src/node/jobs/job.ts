@@ -30,6 +30,8 @@ export interface JobSpec {
   params?: Params
   verify?: VerifySpec
   schedule?: ScheduleSpec
+  /** Non-tensor data by name (a packed TF.js model); sent to peers by content address. */
+  blobs?: Record<string, Uint8Array>
 }
 
 /** One try of a shard on one peer. */
@@ -97,6 +99,7 @@ export interface JobInit {
   /** The inputs; absent for a finished job restored from the journal. */
   inputs?: Tensors
   inputDescs?: Record<string, { dtype: string, shape: number[] }>
+  blobs?: Record<string, Uint8Array>
   verify: { replicas: number, spotCheck: number, rtol: number }
   schedule?: ScheduleSpec
   createdAt?: number
@@ -129,6 +132,7 @@ export class Job extends TypedEventEmitter<JobEvents> {
   readonly controller = new AbortController()
   plan?: JobPlan
   inputs?: Tensors
+  blobs?: Record<string, Uint8Array>
   state: JobState = 'queued'
   startedAt?: number
   finishedAt?: number
@@ -157,6 +161,7 @@ export class Job extends TypedEventEmitter<JobEvents> {
     this.op = init.op
     this.params = init.params ?? {}
     this.inputs = init.inputs
+    this.blobs = init.blobs
     this.createdAt = init.createdAt ?? Date.now()
     this.inputDescs = init.inputDescs ?? Object.fromEntries(Object.entries(init.inputs ?? {}).map(([k, t]) => [k, { dtype: t.dtype, shape: [...t.shape] }]))
     this.settled = new Promise<HostTensor>((resolve, reject) => {
@@ -218,6 +223,7 @@ export class Job extends TypedEventEmitter<JobEvents> {
     this.error = error
     // Inputs are only needed while shards may still be retried.
     this.inputs = undefined
+    this.blobs = undefined
     this.setState(state)
     if (output !== undefined) this.resolveResult(output)
     else this.rejectResult(new JobFailedError(error?.code ?? 'ERR_JOB_FAILED', error?.message ?? state))

@@ -1,4 +1,4 @@
-import { mkdir, open, rename, rm, readdir } from 'node:fs/promises'
+import { mkdir, open, readFile, rename, rm, readdir } from 'node:fs/promises'
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { encodeNpy, readNpyFile } from '../../compute/npy.ts'
@@ -26,7 +26,7 @@ export interface StoredJob {
   id: string
   op: string
   state: JobState
-  spec: { params: Record<string, unknown>, verify: Job['verify'], schedule?: Job['schedule'], inputs: Record<string, { dtype: string, shape: number[] }> }
+  spec: { params: Record<string, unknown>, verify: Job['verify'], schedule?: Job['schedule'], inputs: Record<string, { dtype: string, shape: number[] }>, blobs?: string[] }
   createdAt: number
   startedAt?: number
   finishedAt?: number
@@ -88,11 +88,12 @@ export class Journal {
   }
 
   /** Inputs to disk, then the row: a job is resumable once this resolves. */
-  async submitted (job: Job, inputs: Tensors): Promise<void> {
+  async submitted (job: Job, inputs: Tensors, blobs: Record<string, Uint8Array> = {}): Promise<void> {
     const dir = this.jobDir(job.id)
     await mkdir(dir, { recursive: true })
     for (const [name, t] of Object.entries(inputs)) await writeAtomic(join(dir, `input-${name}.npy`), encodeNpy(t))
-    this.stmts?.insert.run(job.id, job.op, JSON.stringify({ params: job.params, verify: job.verify, schedule: job.schedule, inputs: job.inputDescs }), job.state, job.createdAt)
+    for (const [name, bytes] of Object.entries(blobs)) await writeAtomic(join(dir, `blob-${name}.bin`), bytes)
+    this.stmts?.insert.run(job.id, job.op, JSON.stringify({ params: job.params, verify: job.verify, schedule: job.schedule, inputs: job.inputDescs, blobs: Object.keys(blobs) }), job.state, job.createdAt)
   }
 
   /** The record as it stands (state, shards, bids); small, written on every shard that finishes. */
@@ -179,15 +180,22 @@ export class Journal {
     })
   }
 
-  /** The inputs of a stored job, or the name of the first one that is gone. */
-  async readInputs (stored: StoredJob): Promise<Tensors | { missing: string }> {
-    const inputs: Tensors = {}
+  /** The inputs (and blobs) of a stored job, or the name of the first one that is gone. */
+  async readInputs (stored: StoredJob): Promise<{ tensors: Tensors, blobs?: Record<string, Uint8Array> } | { missing: string }> {
+    const tensors: Tensors = {}
     for (const name of Object.keys(stored.spec.inputs)) {
       const path = join(stored.inputDir, `input-${name}.npy`)
       if (!existsSync(path)) return { missing: path }
-      inputs[name] = await readNpyFile(path)
+      tensors[name] = await readNpyFile(path)
     }
-    return inputs
+    if (stored.spec.blobs === undefined || stored.spec.blobs.length === 0) return { tensors }
+    const blobs: Record<string, Uint8Array> = {}
+    for (const name of stored.spec.blobs) {
+      const path = join(stored.inputDir, `blob-${name}.bin`)
+      if (!existsSync(path)) return { missing: path }
+      blobs[name] = new Uint8Array(await readFile(path))
+    }
+    return { tensors, blobs }
   }
 
   async readPartials (stored: StoredJob): Promise<Map<number, Tensors>> {

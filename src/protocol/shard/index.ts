@@ -22,6 +22,17 @@ export const SHARD_PROTOCOL = '/tensormesh/shard/1.0.0'
 /** Shards a peer serves at once per connection; more queue in its pool's bounded queue or are refused. */
 export const MAX_INBOUND_SHARD_STREAMS = 32
 
+/** A tensor or blob sent by content address instead of inline. */
+export interface ContentRef {
+  name: string
+  cid: string
+}
+
+const ContentRefCodec = messageCodec<ContentRef>('ContentRef', {
+  name: { no: 1, kind: 'string', maxBytes: 64 },
+  cid: { no: 2, kind: 'string', maxBytes: 128 }
+}, 512)
+
 export interface ShardHeader {
   jobId: string
   index: number
@@ -32,6 +43,9 @@ export interface ShardHeader {
   start: number
   end: number
   tensors: TensorDesc[]
+  /** Shared inputs, by CID: the peer fetches each once from the coordinator. */
+  refs: ContentRef[]
+  blobs: ContentRef[]
 }
 
 export interface ResultHeader {
@@ -50,7 +64,9 @@ const ShardHeaderCodec = messageCodec<ShardHeader>('ShardHeader', {
   params: { no: 5, kind: 'string', maxBytes: MAX_PARAMS_BYTES },
   start: { no: 6, kind: 'uint64' },
   end: { no: 7, kind: 'uint64' },
-  tensors: { no: 8, kind: 'message', codec: TensorDescCodec, repeated: true, maxCount: MAX_TENSORS_PER_FRAME }
+  tensors: { no: 8, kind: 'message', codec: TensorDescCodec, repeated: true, maxCount: MAX_TENSORS_PER_FRAME },
+  refs: { no: 9, kind: 'message', codec: ContentRefCodec, repeated: true, maxCount: MAX_TENSORS_PER_FRAME },
+  blobs: { no: 10, kind: 'message', codec: ContentRefCodec, repeated: true, maxCount: MAX_TENSORS_PER_FRAME }
 }, MAX_HEADER_BYTES)
 
 const ResultHeaderCodec = messageCodec<ResultHeader>('ResultHeader', {
@@ -86,6 +102,19 @@ export interface IncomingShard {
 
 export type ShardExecutor = (shard: IncomingShard, signal: AbortSignal) => Promise<{ partial: Tensors, computeMs: number }>
 
+/** Turns a shard's content refs into tensors and blobs (from a cache, or fetched from `from`). */
+export type RefResolver = (refs: { tensors: ContentRef[], blobs: ContentRef[] }, from: PeerId) => Promise<{ tensors: Tensors, blobs: Record<string, Uint8Array> }>
+
+/** Names a shard's tensors and refs use must not collide. */
+function checkRefs (header: ShardHeader): void {
+  const names = new Set(header.tensors.map(t => t.name))
+  for (const r of [...header.refs, ...header.blobs]) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(r.name)) throw new ProtocolError('shard ref name is not an identifier', 'ERR_BAD_REF')
+    if (names.has(r.name)) throw new ProtocolError(`shard names ${r.name} twice`, 'ERR_BAD_REF')
+    names.add(r.name)
+  }
+}
+
 function parseParams (text: string): Params {
   let value: unknown
   try {
@@ -98,14 +127,14 @@ function parseParams (text: string): Params {
 }
 
 /** Serves shards: reads one, runs it through `execute`, answers with the partial. */
-export async function registerShardHandler (libp2p: Libp2p, execute: ShardExecutor, log: Logger, limits: WireLimits = DEFAULT_WIRE_LIMITS): Promise<void> {
+export async function registerShardHandler (libp2p: Libp2p, execute: ShardExecutor, log: Logger, limits: WireLimits = DEFAULT_WIRE_LIMITS, resolve?: RefResolver): Promise<void> {
   await libp2p.handle(SHARD_PROTOCOL, async (stream: Stream, connection: Connection) => {
-    await handleShardStream(stream, connection.remotePeer, execute, log, limits)
+    await handleShardStream(stream, connection.remotePeer, execute, log, limits, resolve)
   }, { maxInboundStreams: MAX_INBOUND_SHARD_STREAMS, maxOutboundStreams: MAX_INBOUND_SHARD_STREAMS })
 }
 
 /** Serves one shard on an open stream (the protocol handler's body). */
-export async function handleShardStream (stream: Stream, from: PeerId, execute: ShardExecutor, log: Logger, limits: WireLimits = DEFAULT_WIRE_LIMITS): Promise<void> {
+export async function handleShardStream (stream: Stream, from: PeerId, execute: ShardExecutor, log: Logger, limits: WireLimits = DEFAULT_WIRE_LIMITS, resolve?: RefResolver): Promise<void> {
   const lp = lpStream(stream, { maxDataLength: CHUNK_BYTES })
   // The lease: when the stream closes before we answer, the work is for nobody.
   const lease = new AbortController()
@@ -119,10 +148,18 @@ export async function handleShardStream (stream: Stream, from: PeerId, execute: 
     const params = parseParams(header.params)
     if (header.end < header.start) throw new ProtocolError('shard range ends before it starts', 'ERR_BAD_RANGE')
     checkDescs(header.tensors, limits, 'shard request')
+    checkRefs(header)
     const { tensors } = await readTensorBytes(lp, header.tensors, limits, 'shard request')
+    const task: ShardTask = { op: header.op, params, inputs: tensors }
+    if (header.refs.length > 0 || header.blobs.length > 0) {
+      if (resolve === undefined) throw new ProtocolError('this node takes no content refs', 'ERR_BAD_REF')
+      const resolved = await resolve({ tensors: header.refs, blobs: header.blobs }, from)
+      Object.assign(task.inputs, resolved.tensors)
+      task.shared = header.refs.map(r => r.name)
+      if (header.blobs.length > 0) task.blobs = resolved.blobs
+    }
     const result = await execute({
-      jobId: header.jobId, index: header.index, attempt: header.attempt, start: header.start, end: header.end, from,
-      task: { op: header.op, params, inputs: tensors }
+      jobId: header.jobId, index: header.index, attempt: header.attempt, start: header.start, end: header.end, from, task
     }, lease.signal)
     const out = Object.values(result.partial)
     answered = true
@@ -161,25 +198,43 @@ export interface ShardOutcome {
   bytesIn: number
 }
 
+/** Gives shared inputs and blobs their CIDs (and serves them) on the coordinator. */
+export interface RefPublisher {
+  tensorRef: (t: Tensors[string]) => Promise<string>
+  blobRef: (bytes: Uint8Array) => Promise<string>
+}
+
 /** Sends one shard to a peer and waits for its partial. */
-export async function sendShard (libp2p: Libp2p, peer: PeerId, shard: OutgoingShard, signal: AbortSignal, limits: WireLimits = DEFAULT_WIRE_LIMITS): Promise<ShardOutcome> {
+export async function sendShard (libp2p: Libp2p, peer: PeerId, shard: OutgoingShard, signal: AbortSignal, limits: WireLimits = DEFAULT_WIRE_LIMITS, publisher?: RefPublisher): Promise<ShardOutcome> {
+  const refs: ContentRef[] = []
+  const blobs: ContentRef[] = []
+  if (publisher === undefined && shard.task.blobs !== undefined) throw new Error('a shard with blobs needs a RefPublisher')
+  if (publisher !== undefined) {
+    for (const name of shard.task.shared ?? []) {
+      const t = shard.task.inputs[name]
+      if (t !== undefined) refs.push({ name, cid: await publisher.tensorRef(t) })
+    }
+    for (const [name, bytes] of Object.entries(shard.task.blobs ?? {})) blobs.push({ name, cid: await publisher.blobRef(bytes) })
+  }
   const stream = await libp2p.dialProtocol(peer, SHARD_PROTOCOL, { signal })
-  return await shardOverStream(stream, shard, signal, limits)
+  return await shardOverStream(stream, shard, signal, limits, refs, blobs)
 }
 
 /** Runs the coordinator's side of one shard on an open stream. */
-export async function shardOverStream (stream: Stream, shard: OutgoingShard, signal: AbortSignal, limits: WireLimits = DEFAULT_WIRE_LIMITS): Promise<ShardOutcome> {
+export async function shardOverStream (stream: Stream, shard: OutgoingShard, signal: AbortSignal, limits: WireLimits = DEFAULT_WIRE_LIMITS, refs: ContentRef[] = [], blobs: ContentRef[] = []): Promise<ShardOutcome> {
   const onAbort = (): void => { stream.abort(new TensormeshError('ERR_ABORTED', 'shard cancelled')) }
   signal.addEventListener('abort', onAbort)
   try {
     const lp = lpStream(stream, { maxDataLength: CHUNK_BYTES })
+    const byRef = new Set(refs.map(r => r.name))
+    const inline = Object.fromEntries(Object.entries(shard.task.inputs).filter(([name]) => !byRef.has(name)))
     const header: ShardHeader = {
       jobId: shard.jobId, index: shard.index, attempt: shard.attempt, op: shard.task.op,
       params: JSON.stringify(shard.task.params), start: shard.start, end: shard.end,
-      tensors: describeTensors(shard.task.inputs)
+      tensors: describeTensors(inline), refs, blobs
     }
     await lp.write(ShardHeaderCodec.encode(header), { signal })
-    const bytesOut = await writeTensorBytes(lp, Object.values(shard.task.inputs), { signal })
+    const bytesOut = await writeTensorBytes(lp, Object.values(inline), { signal })
     // The peer computes now; the reply's first frame may take as long as the shard does.
     const resultFrame = await lp.read({ signal })
     const result = ResultHeaderCodec.decode(resultFrame.subarray())

@@ -1,0 +1,143 @@
+/**
+ * /tensormesh/blob/1.0.0: fetch a blob by its CID from a peer that has it.
+ * One request (the CID), one answer header (size or error), then the bytes
+ * in chunks of at most 1 MiB. The fetcher checks the size against its limit
+ * before allocating and the bytes against the CID's hash before using them.
+ */
+import { lpStream } from '@libp2p/utils'
+import { ProtocolError, LimitExceededError, TensormeshError, errorCode, errorMessage } from '../../errors.ts'
+import { cidOf, parseCid } from '../../node/blob-store.ts'
+import { messageCodec } from '../codec.ts'
+import { CHUNK_BYTES } from '../limits.ts'
+import { peerText } from '../sanitize.ts'
+import type { BlobStore } from '../../node/blob-store.ts'
+import type { Libp2p, PeerId, Stream, Connection } from '@libp2p/interface'
+import type { Logger } from 'pino'
+
+export const BLOB_PROTOCOL = '/tensormesh/blob/1.0.0'
+
+/** A 1 GiB tensor as .npy plus its header: the largest thing a job shares. */
+export const MAX_BLOB_BYTES = 1024 * 1024 * 1024 + 64 * 1024
+
+/** How long a peer may take to start answering and between chunks. */
+export const BLOB_FRAME_TIMEOUT_MS = 30_000
+
+interface BlobRequest { cid: string }
+interface BlobAnswer { ok: boolean, size: number, error: string }
+
+const BlobRequestCodec = messageCodec<BlobRequest>('BlobRequest', { cid: { no: 1, kind: 'string', maxBytes: 128 } }, 256)
+const BlobAnswerCodec = messageCodec<BlobAnswer>('BlobAnswer', {
+  ok: { no: 1, kind: 'bool' },
+  size: { no: 2, kind: 'uint64' },
+  error: { no: 3, kind: 'string', maxBytes: 512 }
+}, 1024)
+
+export class BlobNotFoundError extends TensormeshError {
+  constructor (message: string) {
+    super('ERR_BLOB_NOT_FOUND', message)
+  }
+}
+
+/** Serves one blob request on an open stream. */
+export async function handleBlobStream (stream: Stream, from: PeerId, store: BlobStore, log: Logger): Promise<void> {
+  const lp = lpStream(stream, { maxDataLength: CHUNK_BYTES })
+  const timeout = (): AbortSignal => AbortSignal.timeout(BLOB_FRAME_TIMEOUT_MS)
+  try {
+    const req = BlobRequestCodec.decode((await lp.read({ signal: timeout() })).subarray())
+    parseCid(req.cid)
+    const bytes = await store.get(req.cid)
+    if (bytes === undefined) {
+      await lp.write(BlobAnswerCodec.encode({ ok: false, size: 0, error: 'not here' }), { signal: timeout() })
+    } else {
+      await lp.write(BlobAnswerCodec.encode({ ok: true, size: bytes.byteLength, error: '' }), { signal: timeout() })
+      for (let off = 0; off < bytes.byteLength; off += CHUNK_BYTES) {
+        await lp.write(bytes.subarray(off, Math.min(off + CHUNK_BYTES, bytes.byteLength)), { signal: timeout() })
+      }
+    }
+    await stream.close({ signal: timeout() })
+  } catch (err) {
+    log.debug({ peer: from.toString(), code: errorCode(err), err: errorMessage(err) }, 'blob request dropped')
+    stream.abort(err instanceof Error ? err : new Error(String(err)))
+  }
+}
+
+export async function registerBlobHandler (libp2p: Libp2p, store: BlobStore, log: Logger): Promise<void> {
+  await libp2p.handle(BLOB_PROTOCOL, async (stream: Stream, connection: Connection) => {
+    await handleBlobStream(stream, connection.remotePeer, store, log)
+  }, { maxInboundStreams: 64 })
+}
+
+/** Reads one blob from an open stream and checks it against its CID. */
+export async function blobOverStream (stream: Stream, cid: string, signal?: AbortSignal, maxBytes = MAX_BLOB_BYTES): Promise<Uint8Array> {
+  const sig = (): AbortSignal => signal === undefined ? AbortSignal.timeout(BLOB_FRAME_TIMEOUT_MS) : AbortSignal.any([signal, AbortSignal.timeout(BLOB_FRAME_TIMEOUT_MS)])
+  try {
+    const lp = lpStream(stream, { maxDataLength: CHUNK_BYTES })
+    await lp.write(BlobRequestCodec.encode({ cid }), { signal: sig() })
+    const answer = BlobAnswerCodec.decode((await lp.read({ signal: sig() })).subarray())
+    if (!answer.ok) throw new BlobNotFoundError(`peer does not have blob ${cid}: ${peerText(answer.error)}`)
+    if (answer.size > maxBytes) throw new LimitExceededError(`blob ${cid} is ${answer.size} bytes, more than the ${maxBytes}-byte limit`)
+    const bytes = new Uint8Array(answer.size)
+    let off = 0
+    while (off < bytes.byteLength) {
+      const frame = await lp.read({ signal: sig() })
+      if (frame.byteLength === 0 || off + frame.byteLength > bytes.byteLength) throw new ProtocolError(`blob ${cid}: chunk runs past the declared size`, 'ERR_BAD_CHUNK')
+      for (const part of frame) {
+        bytes.set(part, off)
+        off += part.byteLength
+      }
+    }
+    if (await cidOf(bytes) !== cid) throw new ProtocolError(`blob ${cid}: the bytes do not hash to their CID`, 'ERR_BLOB_HASH')
+    await stream.close({ signal: sig() }).catch(() => {})
+    return bytes
+  } catch (err) {
+    stream.abort(err instanceof Error ? err : new Error(String(err)))
+    throw err
+  }
+}
+
+/**
+ * Fetches blobs for this node: from its own store first, else from the
+ * given peers in turn; one fetch per CID however many shards wait for it,
+ * and what arrives is kept in the store's memory cache.
+ */
+export class BlobFetcher {
+  private readonly libp2p: Libp2p
+  private readonly store: BlobStore
+  private readonly pending = new Map<string, Promise<Uint8Array>>()
+  /** Bytes fetched from peers, by CID: the figure the issue asks each peer to report. */
+  fetchedBytes = 0
+
+  constructor (libp2p: Libp2p, store: BlobStore) {
+    this.libp2p = libp2p
+    this.store = store
+  }
+
+  /** `remember`: keep the bytes in the store's memory cache (callers that cache a decoded form pass false). */
+  async get (cid: string, providers: PeerId[], signal?: AbortSignal, remember = true): Promise<Uint8Array> {
+    parseCid(cid)
+    const local = await this.store.get(cid)
+    if (local !== undefined) return local
+    let p = this.pending.get(cid)
+    if (p === undefined) {
+      p = this.fetch(cid, providers, signal, remember).finally(() => { this.pending.delete(cid) })
+      this.pending.set(cid, p)
+    }
+    return await p
+  }
+
+  private async fetch (cid: string, providers: PeerId[], signal: AbortSignal | undefined, remember: boolean): Promise<Uint8Array> {
+    const causes: string[] = []
+    for (const peer of providers) {
+      try {
+        const stream = await this.libp2p.dialProtocol(peer, BLOB_PROTOCOL, { signal })
+        const bytes = await blobOverStream(stream, cid, signal)
+        this.fetchedBytes += bytes.byteLength
+        if (remember) this.store.remember(cid, bytes)
+        return bytes
+      } catch (err) {
+        causes.push(`${peer.toString().slice(-8)}: ${errorMessage(err)}`)
+      }
+    }
+    throw new BlobNotFoundError(`blob ${cid} could not be fetched (${causes.join('; ') || 'no provider'})`)
+  }
+}
