@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { decodeNpy } from '../../src/compute/npy.ts'
+import { decodeNpy, encodeNpy } from '../../src/compute/npy.ts'
 import { ApiClient, ApiError } from '../../src/node/client.ts'
 import { startMesh, stopAll } from '../helpers/mesh.ts'
 import { load, numpy, relError } from '../helpers/numpy.ts'
@@ -51,6 +51,12 @@ describe('jobs on a three-node mesh', () => {
     expect(peers.size).toBe(3)
     expect(job.shards.length).toBeGreaterThanOrEqual(6)
     expect(job.toJSON().state).toBe('succeeded')
+    // b is shared: each peer fetched it once by CID, however many shards it ran.
+    const bBytes = encodeNpy(await load(dir, 'b')).byteLength
+    for (const peer of nodes.slice(1)) {
+      expect(job.shards.filter(s => s.peer === peer.peerId.toString()).length).toBeGreaterThanOrEqual(2)
+      expect(peer.info().blobBytesFetched).toBe(bBytes)
+    }
   })
 
   it('map and reduce jobs equal numpy', async () => {
