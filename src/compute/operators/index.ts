@@ -1,6 +1,7 @@
 import { InvalidInputError } from '../../errors.ts'
 import { map } from './map.ts'
 import { matmul } from './matmul.ts'
+import { mlpEval, mlpGrad } from './mlp.ts'
 import { reduce } from './reduce.ts'
 import type { Operator } from './types.ts'
 
@@ -10,6 +11,8 @@ export type { MatmulParams } from './matmul.ts'
 export { map, MAP_SCALAR_OPS, MAP_UNARY_OPS, MAX_MAP_OPS } from './map.ts'
 export type { MapParams, MapStep, MapScalarOp, MapUnaryOp } from './map.ts'
 export { reduce, REDUCE_OPS } from './reduce.ts'
+export { mlpGrad, mlpEval, initMlp, mlpArtifacts, mlpParamCount, checkMlpSpec, MLP_ACTIVATIONS } from './mlp.ts'
+export type { MlpSpec, MlpActivation } from './mlp.ts'
 export type { ReduceOp, ReduceParams, ReducePlanParams } from './reduce.ts'
 
 /**
@@ -19,7 +22,7 @@ export type { ReduceOp, ReduceParams, ReducePlanParams } from './reduce.ts'
 // Each operator checks its own params at run time, so the registry can hold
 // them at the generic Params type (the cast drops only the compile-time P).
 export const OPERATORS: ReadonlyMap<string, Operator> = new Map<string, Operator>(
-  ([matmul, map, reduce] as unknown as Operator[]).map(op => [op.name, op])
+  ([matmul, map, reduce, mlpGrad, mlpEval] as unknown as Operator[]).map(op => [op.name, op])
 )
 
 export function operatorNames (registry: ReadonlyMap<string, Operator> = OPERATORS): string[] {
