@@ -66,6 +66,13 @@ function bytes (n) {
   return `${n.toFixed(n >= 10 || i === 0 ? 0 : 1)} ${units[i]}`
 }
 
+/** "21 / 24 GiB": free of total, in the total's unit. */
+function memory (free, total) {
+  const unit = bytes(total).split(' ')[1]
+  const scale = Math.pow(1024, ['B', 'KiB', 'MiB', 'GiB', 'TiB'].indexOf(unit))
+  return `${(free / scale).toFixed(free / scale >= 10 ? 0 : 1)} / ${bytes(total)}`
+}
+
 function duration (ms) {
   if (ms === undefined || ms === null || !Number.isFinite(ms)) return '-'
   if (ms < 1000) return `${Math.round(ms)} ms`
@@ -126,7 +133,7 @@ function loadCell (busy, slots, queued) {
   const frac = slots > 0 ? Math.min(busy / slots, 1) : 0
   return h('div', { class: 'load', title: `${busy} of ${slots} workers busy, ${queued} queued` },
     h('div', { class: 'bar' }, h('div', { class: 'fill', style: `width:${(frac * 100).toFixed(0)}%` })),
-    h('span', {}, `${busy}/${slots}${queued > 0 ? ` +${queued} queued` : ''}`))
+    h('span', {}, `${busy}/${slots}`), queued > 0 ? h('span', { class: 'muted' }, `+${queued}`) : null)
 }
 
 function renderPeers (m) {
@@ -138,7 +145,7 @@ function renderPeers (m) {
       h('td', { class: 'num' }, n.cores),
       h('td', { class: 'num' }, n.gflops.toFixed(1)),
       h('td', {}, loadCell(n.busy, n.slots, n.queued)),
-      h('td', {}, `${bytes(n.memFreeBytes)} of ${bytes(n.memTotalBytes)}`),
+      h('td', {}, memory(n.memFreeBytes, n.memTotalBytes)),
       h('td', { class: 'num' }, 'now'),
       h('td', {}, h('span', { class: 'link self' }, 'self')))
   ]
@@ -150,20 +157,26 @@ function renderPeers (m) {
       h('td', { class: 'num' }, p.cores),
       h('td', { class: 'num' }, p.gflops.toFixed(1)),
       h('td', {}, loadCell(p.busy, p.slots, p.queued)),
-      h('td', {}, `${bytes(p.memFreeBytes)} of ${bytes(p.memTotalBytes)}`),
+      h('td', {}, memory(p.memFreeBytes, p.memTotalBytes)),
       h('td', { class: 'num' }, `${(p.lastSeenMs / 1000).toFixed(1)} s ago`),
       h('td', {}, p.connected ? h('span', { class: 'link up' }, 'connected') : h('span', { class: 'link down' }, 'no connection'))))
   }
   $('peers').tBodies[0].replaceChildren(...rows)
   $('peer-count').textContent = `${peers.length + 1} in view`
+  const all = [n, ...peers]
+  const sum = (f) => all.reduce((t, p) => t + f(p), 0)
+  const rejected = Object.values(n.adverts.rejected).reduce((t, v) => t + v, 0)
+  const stat = (label, value, title) => [h('dt', {}, label), h('dd', { title }, value)]
+  $('totals').replaceChildren(
+    ...stat('mesh GFLOPS', sum(p => p.gflops).toFixed(1), 'sum of calibrated GFLOPS of every node in view'),
+    ...stat('workers busy', `${sum(p => p.busy)} / ${sum(p => p.slots)}`, 'executor workers running a task, over all nodes in view'),
+    ...stat('connections', String(m.connections.length), "this node's open libp2p connections"),
+    ...stat('adverts in / out', `${n.adverts.accepted} / ${n.adverts.published}`, 'capacity adverts accepted from peers / published by this node'),
+    ...stat('adverts rejected', String(rejected), Object.entries(n.adverts.rejected).map(([k, v]) => `${k}: ${v}`).join(', ')))
 }
 
 function renderGraph (m) {
   const svg = $('graph')
-  const W = 360
-  const H = 250
-  const cx = W / 2
-  const cy = H / 2 - 4
   const self = m.node.peerId
   const conns = new Map()
   for (const c of m.connections) {
@@ -173,7 +186,13 @@ function renderGraph (m) {
   }
   const known = new Set(m.peers.map(p => p.peerId))
   const others = [...new Set([...m.peers.map(p => p.peerId), ...conns.keys()])].filter(id => id !== self).sort()
-  const r = others.length <= 1 ? 110 : Math.min(115, 95 + others.length * 2)
+  // Up to two peers sit on a line through this node; more go round it.
+  const W = 360
+  const H = others.length <= 2 ? 150 : 260
+  const cx = W / 2
+  const cy = H / 2 - 6
+  svg.setAttribute('viewBox', `0 0 ${W} ${H}`)
+  const r = others.length <= 2 ? 100 : Math.min(115, 95 + others.length * 2)
   const pos = new Map([[self, { x: cx, y: cy }]])
   others.forEach((id, i) => {
     const a = -Math.PI / 2 + (2 * Math.PI * i) / Math.max(others.length, 1) + (others.length === 2 ? Math.PI / 2 : 0)
@@ -290,6 +309,9 @@ async function loadJob (id) {
 
 // ---------- the shard timeline ----------
 
+/** Height of one row of bars in a peer's lane, px (bar 20 + gap 3). */
+const BAR_ROW_PX = 23
+
 const KIND_LABEL = { first: 'first copy', retry: 'retry', backup: 'backup copy', replica: 'replica', check: 'spot check' }
 
 function renderTimeline () {
@@ -320,7 +342,7 @@ function renderTimeline () {
     h('span', { class: `state s-${job.state}` }, job.state), ' ',
     `${job.shards.length} shards on ${peersUsed.size} peer${peersUsed.size === 1 ? '' : 's'} · ${attempts.length} copies · ${count('retry')} retries · ${count('backup')} backups · ${failed} failed · `,
     job.elapsedMs !== undefined ? duration(job.elapsedMs) : `running ${duration(now - Date.parse(job.createdAt))}`,
-    job.error ? h('span', { class: 'error-text' }, ` · ${job.error.code}: ${job.error.message}`) : null)
+    job.error ? h('span', { class: 'error-text' }, ` · ${job.error.code}: ${job.error.message}`) : '')
   if (attempts.length === 0) {
     el.replaceChildren(h('p', { class: 'empty' }, job.state === 'queued' || job.state === 'running' ? 'Waiting for bids…' : 'This job ran no shard.'))
     if (running) state.tick = setInterval(renderTimeline, 250)
@@ -334,10 +356,15 @@ function renderTimeline () {
   const lanes = [...peersUsed].sort((a, b) => (a === selfId ? -1 : b === selfId ? 1 : a.localeCompare(b)))
   const pct = (t) => `${(((t - t0) / span) * 100).toFixed(3)}%`
   const rows = lanes.map(peer => {
+    // Copies that overlap in time (a peer runs several at once) go on separate rows of the lane.
+    const mine = attempts.filter(y => y.a.peer === peer).sort((p, q) => p.a.startedAt - q.a.startedAt)
+    const rowEnds = []
     const track = h('div', { class: 'track' })
-    for (const x of attempts.filter(y => y.a.peer === peer)) {
+    for (const x of mine) {
       const { a, rec } = x
       const end = x.end ?? a.startedAt
+      let row = rowEnds.findIndex(e => e <= a.startedAt)
+      if (row < 0) { row = rowEnds.length; rowEnds.push(end) } else rowEnds[row] = end
       const superseded = a.error?.code === 'ERR_SUPERSEDED'
       const cls = ['tl-bar', `k-${a.kind}`,
         a.error !== undefined && !superseded ? 'failed' : '',
@@ -357,9 +384,10 @@ function renderTimeline () {
         'data-kind': a.kind,
         'data-peer-id': a.peer,
         title: tip,
-        style: `left:${pct(a.startedAt)};width:max(4px, calc(${(((end - a.startedAt) / span) * 100).toFixed(3)}% - 1px))`
+        style: `left:${pct(a.startedAt)};top:${3 + row * BAR_ROW_PX}px;width:max(4px, calc(${(((end - a.startedAt) / span) * 100).toFixed(3)}% - 1px))`
       }, h('span', {}, `#${rec.index}`)))
     }
+    track.style.height = `${6 + rowEnds.length * BAR_ROW_PX - 2}px`
     return h('div', { class: 'lane' },
       h('div', { class: 'lane-label' }, peerCell(peer, { self: peer === selfId })),
       track)
