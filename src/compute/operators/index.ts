@@ -1,8 +1,12 @@
 import { InvalidInputError } from '../../errors.ts'
+import { histogram } from './histogram.ts'
+import { infer } from './infer.ts'
 import { map } from './map.ts'
 import { matmul } from './matmul.ts'
 import { mlpEval, mlpGrad } from './mlp.ts'
 import { reduce } from './reduce.ts'
+import { sort } from './sort.ts'
+import { topk } from './topk.ts'
 import type { Operator } from './types.ts'
 
 export * from './types.ts'
@@ -14,6 +18,14 @@ export { reduce, REDUCE_OPS } from './reduce.ts'
 export { mlpGrad, mlpEval, initMlp, mlpArtifacts, mlpParamCount, checkMlpSpec, MLP_ACTIVATIONS } from './mlp.ts'
 export type { MlpSpec, MlpActivation } from './mlp.ts'
 export type { ReduceOp, ReduceParams, ReducePlanParams } from './reduce.ts'
+export { sort, chooseSplitters, MAX_SORT_SPLITTERS, SORT_MIN_BUCKET_KEYS, SORT_OVERSAMPLING } from './sort.ts'
+export type { SortParams } from './sort.ts'
+export { topk, MAX_SIM_BLOCK_ELEMENTS, MAX_TOPK_ITEMS, MAX_TOPK_K, TOPK_EPS } from './topk.ts'
+export type { TopkParams } from './topk.ts'
+export { histogram, histogramEdges, MAX_HISTOGRAM_BINS } from './histogram.ts'
+export type { HistogramParams, HistogramPlanParams } from './histogram.ts'
+export { infer, DEFAULT_INFER_BATCH, MAX_CACHED_MODELS, MAX_INFER_BATCH } from './infer.ts'
+export type { InferParams } from './infer.ts'
 
 /**
  * The operators this build can run, by name. Fixed at build time: a job or a
@@ -22,7 +34,7 @@ export type { ReduceOp, ReduceParams, ReducePlanParams } from './reduce.ts'
 // Each operator checks its own params at run time, so the registry can hold
 // them at the generic Params type (the cast drops only the compile-time P).
 export const OPERATORS: ReadonlyMap<string, Operator> = new Map<string, Operator>(
-  ([matmul, map, reduce, mlpGrad, mlpEval] as unknown as Operator[]).map(op => [op.name, op])
+  ([matmul, map, reduce, mlpGrad, mlpEval, sort, topk, histogram, infer] as unknown as Operator[]).map(op => [op.name, op])
 )
 
 export function operatorNames (registry: ReadonlyMap<string, Operator> = OPERATORS): string[] {

@@ -1,0 +1,88 @@
+import { expect } from 'vitest'
+import type { HostTensor } from '../../src/compute/tensor.ts'
+import type { JobPlan, Operator, ShardRange, ShardTask, Tensors, TF } from '../../src/compute/operators/types.ts'
+
+/**
+ * Drives an operator as a coordinator would, in this process: plan, cut the
+ * units into uneven ranges, run every shard's task through `run` (the map
+ * in-process, or an ExecutorPool), and reduce in a shuffled order.
+ */
+
+/** mulberry32, for cuts and orders that are the same on every run. */
+export function prng (seed: number): () => number {
+  let a = seed >>> 0
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0
+    let t = a
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+/** `shards` non-empty ranges over [0, units) of uneven, seeded sizes (one at least 4x another when units allow). */
+export function unevenRanges (units: number, shards: number, seed: number): ShardRange[] {
+  const u = prng(seed)
+  const weights = Array.from({ length: shards }, (_, i) => (i === 0 ? 4 : 0.5) + u())
+  const total = weights.reduce((a, b) => a + b, 0)
+  const cuts = [0]
+  let acc = 0
+  for (let i = 0; i < shards - 1; i++) {
+    acc += weights[i] as number
+    cuts.push(Math.max(cuts[i] as number + 1, Math.min(units - (shards - 1 - i), Math.round(acc / total * units))))
+  }
+  cuts.push(units)
+  return cuts.slice(1).map((end, i) => ({ index: i, start: cuts[i] as number, end }))
+}
+
+export function shuffled<T> (items: T[], seed: number): T[] {
+  const out = [...items]
+  const u = prng(seed)
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(u() * (i + 1))
+    const t = out[i] as T
+    out[i] = out[j] as T
+    out[j] = t
+  }
+  return out
+}
+
+export type RunTask = (task: ShardTask) => Promise<Tensors>
+
+export function inProcess (op: Operator, tf: () => TF): RunTask {
+  return async (task) => await op.map(tf(), task)
+}
+
+export async function runSharded<P> (op: Operator<P>, inputs: Tensors, params: unknown, opts: { shards: number, seed: number, run: RunTask, blobs?: Record<string, Uint8Array> }): Promise<{ out: HostTensor, plan: JobPlan<P> }> {
+  const plan = op.plan(inputs, params, opts.blobs)
+  const ranges = unevenRanges(plan.units, opts.shards, opts.seed)
+  const reducer = op.reducer(plan)
+  const partials = await Promise.all(ranges.map(async (range) => {
+    const task = op.shard(plan, inputs, range, opts.blobs)
+    expect(op.validateTask(task)).toBe(range.end - range.start)
+    return { range, partial: await opts.run(task) }
+  }))
+  for (const { range, partial } of shuffled(partials, opts.seed + 1)) reducer.add(range, partial)
+  const out = reducer.result()
+  expect(out.dtype).toBe(plan.output.dtype)
+  expect(out.shape).toEqual(plan.output.shape)
+  return { out, plan }
+}
+
+export function codeOf (fn: () => unknown): string | undefined {
+  try {
+    fn()
+  } catch (err) {
+    return (err as { code?: string }).code
+  }
+  return undefined
+}
+
+export async function asyncCodeOf (p: Promise<unknown>): Promise<string | undefined> {
+  try {
+    await p
+  } catch (err) {
+    return (err as { code?: string }).code
+  }
+  return undefined
+}
