@@ -51,11 +51,17 @@ function short (id) {
   return id.length > 16 ? `${id.slice(0, 6)}…${id.slice(-6)}` : id
 }
 
-/** A stable colour per peer id. */
+/** Distinct colours, handed to peers in the order the page first meets them (this node first). */
+const PALETTE = ['#0ea5e9', '#f97316', '#a855f7', '#10b981', '#e11d48', '#eab308', '#6366f1', '#14b8a6', '#d946ef', '#84cc16']
+const colours = new Map()
+
 function peerColour (id) {
-  let x = 2166136261
-  for (let i = 0; i < id.length; i++) x = Math.imul(x ^ id.charCodeAt(i), 16777619)
-  return `hsl(${(x >>> 0) % 360} 62% 46%)`
+  let c = colours.get(id)
+  if (c === undefined) {
+    c = PALETTE[colours.size % PALETTE.length]
+    colours.set(id, c)
+  }
+  return c
 }
 
 function bytes (n) {
@@ -365,7 +371,10 @@ function renderTimeline () {
       const end = x.end ?? a.startedAt
       let row = rowEnds.findIndex(e => e <= a.startedAt)
       if (row < 0) { row = rowEnds.length; rowEnds.push(end) } else rowEnds[row] = end
-      const superseded = a.error?.code === 'ERR_SUPERSEDED'
+      // A copy that lost to another stops without an error when the job has already settled: a done
+      // shard's other finished copies lost, unless replicas or spot checks compared them.
+      const compared = (job.verification?.replicas ?? 1) > 1 || (job.verification?.spotCheck ?? 0) > 0
+      const superseded = a.error?.code === 'ERR_SUPERSEDED' || (!x.winner && !compared && a.error === undefined && a.ms !== undefined && rec.state === 'done')
       const cls = ['tl-bar', `k-${a.kind}`,
         a.error !== undefined && !superseded ? 'failed' : '',
         superseded ? 'superseded' : '',
@@ -375,7 +384,7 @@ function renderTimeline () {
         `shard ${rec.index} (units ${rec.start}..${rec.end}) · ${KIND_LABEL[a.kind] ?? a.kind}`,
         `peer ${a.peer}`,
         `started +${duration(a.startedAt - t0)}, ${a.ms !== undefined ? `took ${duration(a.ms)}` : 'running'}${a.computeMs !== undefined ? ` (compute ${duration(a.computeMs)})` : ''}`,
-        a.error ? `${superseded ? 'stopped' : 'failed'}: ${a.error.code} ${a.error.message}` : (x.winner ? 'its partial was used' : '')
+        a.error ? `${superseded ? 'stopped' : 'failed'}: ${a.error.code} ${a.error.message}` : (x.winner ? 'its partial was used' : superseded ? 'another copy finished first' : '')
       ].filter(Boolean).join('\n')
       track.append(h('div', {
         class: cls,
