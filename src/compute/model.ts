@@ -344,9 +344,10 @@ const SHAPE_RULES: Record<string, ShapeRule> = {
   },
   Flatten: (s) => [sizeOf(s)],
   Reshape: (s, c, l) => {
-    const target = c.target_shape
-    if (!Array.isArray(target) || !target.every(d => Number.isSafeInteger(d) && (d > 0 || d === -1)) || target.filter(d => d === -1).length > 1) {
-      throw bad(`layer ${l}: target_shape must be positive integers with at most one -1`, 'ERR_UNSUPPORTED_MODEL')
+    // TF.js writes the free dimension (-1) as null.
+    const target = Array.isArray(c.target_shape) ? c.target_shape.map(d => d === null ? -1 : d) : undefined
+    if (target === undefined || !target.every(d => Number.isSafeInteger(d) && (d > 0 || d === -1)) || target.filter(d => d === -1).length > 1) {
+      throw bad(`layer ${l}: target_shape must be positive integers with at most one free (-1 or null) dimension`, 'ERR_UNSUPPORTED_MODEL')
     }
     const dims = target as number[]
     const known = dims.filter(d => d !== -1).reduce((a, b) => a * b, 1)

@@ -120,8 +120,11 @@ async function loadModel (tf: TF, bytes: Uint8Array, params: InferParams): Promi
   const model = await layers.loadLayersModel(tf.io.fromMemory(unpackModel(bytes)))
   const dims = (s: ReadonlyArray<number | null> | undefined): string => `[${(s ?? []).slice(1).join(', ')}]`
   const want = (s: number[]): string => `[${s.join(', ')}]`
+  // tfjs-layers leaves some dimensions it could infer as null (Reshape's free one); those match anything here,
+  // and map checks the real output's size against outputShape.
+  const fits = (s: ReadonlyArray<number | null> | undefined, w: number[]): boolean => s !== undefined && s.length === w.length + 1 && s.slice(1).every((d, i) => d === null || d === w[i])
   if (model.inputs.length !== 1 || model.outputs.length !== 1 ||
-    dims(model.inputs[0]?.shape) !== want(params.inputShape) || dims(model.outputs[0]?.shape) !== want(params.outputShape)) {
+    !fits(model.inputs[0]?.shape, params.inputShape) || !fits(model.outputs[0]?.shape, params.outputShape)) {
     model.dispose()
     throw new InvalidInputError(`${NAME}: the loaded model maps ${dims(model.inputs[0]?.shape)} -> ${dims(model.outputs[0]?.shape)}, not ${want(params.inputShape)} -> ${want(params.outputShape)} as its topology says`, 'ERR_MODEL_MISMATCH')
   }
