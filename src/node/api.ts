@@ -1,5 +1,6 @@
 import { createServer } from 'node:http'
-import { InvalidInputError, TensormeshError, errorMessage } from '../errors.ts'
+import { InvalidInputError, LimitExceededError, TensormeshError, errorMessage } from '../errors.ts'
+import { MAX_BLOB_BYTES } from '../protocol/blob/index.ts'
 import { encodeNpy } from '../compute/npy.ts'
 import { readJobRequest } from './job-request.ts'
 import { registerDashboard } from './dashboard/index.ts'
@@ -63,7 +64,7 @@ export class ApiServer {
     this.route('GET', '/v1/peers', (_req, res) => { sendJson(res, 200, this.peers()) })
     this.route('GET', '/v1/jobs', (_req, res) => { sendJson(res, 200, this.node.jobs.list().map(j => j.toJSON())) })
     this.route('POST', '/v1/jobs', async (req, res) => {
-      const spec = await readJobRequest(req, this.node.limits.maxTensorBytes)
+      const spec = await readJobRequest(req, this.node.limits.maxTensorBytes, async (cid) => await this.node.resolveBlob(cid))
       const job = this.node.submit(spec)
       sendJson(res, 202, job.toJSON())
     })
@@ -75,6 +76,25 @@ export class ApiServer {
       const bytes = encodeNpy(await job.result())
       res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': bytes.byteLength, 'content-disposition': `attachment; filename="${job.id}.npy"` })
       res.end(bytes)
+    })
+    this.route('GET', '/v1/jobs/:id/model', async (_req, res, p) => {
+      const job = this.node.jobs.get(p.id ?? '')
+      if (job.model === undefined) throw new HttpError(409, 'ERR_NO_MODEL', `job ${job.id} is ${job.state}${job.op === 'train' ? '' : ` and a ${job.op} job`}; a model exists once a train job has succeeded`)
+      sendBytes(res, await this.node.resolveBlob(job.model.cid), `${job.id}.tmmodel`)
+    })
+    this.route('GET', '/v1/blobs/:cid', async (_req, res, p) => {
+      sendBytes(res, await this.node.resolveBlob(p.cid ?? '', false), `${p.cid ?? 'blob'}.bin`)
+    })
+    this.route('PUT', '/v1/blobs', async (req, res) => {
+      const chunks: Buffer[] = []
+      let size = 0
+      for await (const chunk of req) {
+        size += (chunk as Buffer).byteLength
+        if (size > MAX_BLOB_BYTES) throw new LimitExceededError(`blob exceeds the ${MAX_BLOB_BYTES}-byte limit`)
+        chunks.push(chunk as Buffer)
+      }
+      const bytes = new Uint8Array(Buffer.concat(chunks))
+      sendJson(res, 201, { cid: await this.node.storeBlob(bytes), bytes: bytes.byteLength })
     })
     this.route('GET', '/v1/jobs/:id/events', (req, res, p) => { this.streamJob(req, res, this.node.jobs.get(p.id ?? '')) })
     this.route('GET', '/metrics', async (_req, res) => {
@@ -205,6 +225,11 @@ function statusFor (err: unknown): number {
   if (err instanceof TensormeshError && err.code.endsWith('NOT_FOUND')) return 404
   if (err instanceof TensormeshError && err.code === 'ERR_LIMIT_EXCEEDED') return 413
   return 500
+}
+
+export function sendBytes (res: ServerResponse, bytes: Uint8Array, filename: string): void {
+  res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': bytes.byteLength, 'content-disposition': `attachment; filename="${filename}"` })
+  res.end(bytes)
 }
 
 export function sendJson (res: ServerResponse, status: number, body: unknown): void {

@@ -2,6 +2,7 @@ import { readFile, writeFile } from 'node:fs/promises'
 import { dirname, resolve } from 'node:path'
 import { InvalidInputError, errorMessage } from '../errors.ts'
 import { decodeNpy } from '../compute/npy.ts'
+import { packModel, readModelDir, unpackModel, writeModelDir } from '../compute/model.ts'
 import { describe } from '../compute/tensor.ts'
 import { ApiClient } from './client.ts'
 import type { JobView } from './jobs/job.ts'
@@ -11,6 +12,8 @@ export interface JobFile {
   op: string
   inputs: Record<string, string>
   params: Record<string, unknown>
+  verify?: unknown
+  schedule?: unknown
 }
 
 export async function readJobFile (path: string): Promise<JobFile> {
@@ -35,16 +38,34 @@ export async function readJobFile (path: string): Promise<JobFile> {
   }
   const params = v.params ?? {}
   if (params === null || typeof params !== 'object' || Array.isArray(params)) throw new InvalidInputError(`job file ${path}: "params" must be an object`, 'ERR_JOB_FILE')
-  const known = new Set(['op', 'inputs', 'params'])
+  const known = new Set(['op', 'inputs', 'params', 'verify', 'schedule'])
   const extra = Object.keys(v).filter(k => !known.has(k))
-  if (extra.length > 0) throw new InvalidInputError(`job file ${path}: unknown field ${extra.map(k => `"${k}"`).join(', ')}; allowed: op, inputs, params`, 'ERR_JOB_FILE')
-  return { op: v.op, inputs: inputs as Record<string, string>, params: params as Record<string, unknown> }
+  if (extra.length > 0) throw new InvalidInputError(`job file ${path}: unknown field ${extra.map(k => `"${k}"`).join(', ')}; allowed: ${[...known].join(', ')}`, 'ERR_JOB_FILE')
+  const file: JobFile = { op: v.op, inputs: inputs as Record<string, string>, params: params as Record<string, unknown> }
+  if (v.verify !== undefined) file.verify = v.verify
+  if (v.schedule !== undefined) file.schedule = v.schedule
+  return file
 }
 
 /** Builds the multipart body of POST /v1/jobs from a job file; inputs are checked here first. */
 export async function jobForm (path: string, job: JobFile): Promise<FormData> {
   const form = new FormData()
-  form.set('spec', JSON.stringify({ op: job.op, params: job.params }))
+  const params = { ...job.params }
+  const spec: Record<string, unknown> = { op: job.op, params }
+  if (job.verify !== undefined) spec.verify = job.verify
+  if (job.schedule !== undefined) spec.schedule = job.schedule
+  // params.model names a TF.js model: a CID the mesh has, or a model.json path packed and sent along.
+  if (typeof params.model === 'string') {
+    const model = params.model
+    delete params.model
+    if (/^baf[a-z2-7]+$/.test(model)) {
+      spec.blobs = { model: { cid: model } }
+    } else {
+      const artifacts = await readModelDir(resolve(dirname(path), model))
+      form.set('blob.model', new Blob([packModel(artifacts) as Uint8Array<ArrayBuffer>]), 'model.tmmodel')
+    }
+  }
+  form.set('spec', JSON.stringify(spec))
   for (const [name, rel] of Object.entries(job.inputs)) {
     const file = resolve(dirname(path), rel)
     let bytes: Uint8Array
@@ -119,17 +140,24 @@ export async function submitCommand (opts: SubmitOptions): Promise<number> {
   if (tty) process.stderr.write('\n')
   let outPath: string | undefined
   if (job.state === 'succeeded' && opts.out !== undefined) {
-    const r = await client.request('GET', `/v1/jobs/${encodeURIComponent(job.id)}/result`)
     outPath = resolve(opts.out)
-    await writeFile(outPath, new Uint8Array(await r.arrayBuffer()))
+    if (job.model !== undefined) {
+      // A training job's result is a model: written as TF.js writes one (model.json + weights.bin).
+      const r = await client.request('GET', `/v1/jobs/${encodeURIComponent(job.id)}/model`)
+      await writeModelDir(outPath, unpackModel(new Uint8Array(await r.arrayBuffer())))
+    } else {
+      const r = await client.request('GET', `/v1/jobs/${encodeURIComponent(job.id)}/result`)
+      await writeFile(outPath, new Uint8Array(await r.arrayBuffer()))
+    }
   }
   if (opts.json) {
     process.stdout.write(JSON.stringify({
       id: job.id,
       state: job.state,
       elapsedMs: job.elapsedMs,
-      output: job.output === undefined ? null : { ...job.output, path: outPath ?? null },
+      output: job.model !== undefined ? { model: job.model.cid, path: outPath ?? null } : job.output === undefined ? null : { ...job.output, path: outPath ?? null },
       shards: job.shards.map(s => ({ index: s.index, peer: s.peer ?? null, attempts: s.attempts, ms: s.ms ?? null })),
+      ...(job.metrics !== undefined ? { metrics: { rounds: job.metrics.rounds.map(r => ({ round: r.round, loss: r.loss, accuracy: r.accuracy })), accuracy: job.metrics.accuracy } } : {}),
       ...(job.error !== undefined ? { error: job.error } : {})
     }) + '\n')
   } else {
@@ -140,8 +168,12 @@ export async function submitCommand (opts: SubmitOptions): Promise<number> {
 
 export function printSummary (job: JobView, outPath?: string): void {
   const lines = [`job ${job.id}: ${job.state}${job.elapsedMs !== undefined ? ` in ${(job.elapsedMs / 1000).toFixed(2)} s` : ''}`]
-  if (job.output !== undefined) lines.push(`  output ${describe(job.output as { dtype: 'float32', shape: number[] })}${outPath !== undefined ? ` -> ${outPath}` : ''}`)
+  if (job.output !== undefined && job.model === undefined) lines.push(`  output ${describe(job.output as { dtype: 'float32', shape: number[] })}${outPath !== undefined ? ` -> ${outPath}` : ''}`)
+  if (job.model !== undefined && outPath !== undefined) lines.push(`  model written to ${outPath}/model.json`)
   if (job.error !== undefined) lines.push(`  error ${job.error.code}: ${job.error.message}`)
+  const last = job.metrics?.rounds.at(-1)
+  if (last !== undefined) lines.push(`  ${job.metrics?.rounds.length ?? 0} rounds, loss ${last.loss.toFixed(4)}, held-out accuracy ${(last.accuracy * 100).toFixed(2)}%`)
+  if (job.model !== undefined) lines.push(`  model ${job.model.cid} (${job.model.bytes} bytes)`)
   const byPeer = new Map<string, number>()
   for (const s of job.shards) if (s.peer !== undefined) byPeer.set(s.peer, (byPeer.get(s.peer) ?? 0) + 1)
   for (const [peer, n] of byPeer) lines.push(`  ${n} shard${n === 1 ? '' : 's'} on ${peer}`)

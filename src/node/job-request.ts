@@ -49,7 +49,28 @@ function inlineTensor (name: string, value: unknown): Tensors[string] {
  *   per input, named after it, holding a .npy file;
  * - application/json: {op, params, inputs: {NAME: {dtype, shape, data}}} for small inputs.
  */
-export async function readJobRequest (req: IncomingMessage, maxTensorBytes: number): Promise<JobSpec> {
+/** Finds a blob by CID for a job that names one (this node's store, else its peers). */
+export type BlobResolver = (cid: string) => Promise<Uint8Array>
+
+/** The optional parts of a spec besides op, params and inputs. */
+function extras (value: Record<string, unknown>): Pick<JobSpec, 'verify' | 'schedule'> {
+  const out: Pick<JobSpec, 'verify' | 'schedule'> = {}
+  if (value.verify !== undefined) out.verify = value.verify as JobSpec['verify']
+  if (value.schedule !== undefined) out.schedule = value.schedule as JobSpec['schedule']
+  return out
+}
+
+async function blobRefs (value: unknown, resolve: BlobResolver, blobs: Record<string, Uint8Array>): Promise<void> {
+  if (value === undefined) return
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new InvalidInputError('job spec "blobs" must map names to {"cid": CID}', 'ERR_BAD_SPEC')
+  for (const [name, ref] of Object.entries(value)) {
+    const cid = (ref as { cid?: unknown } | null)?.cid
+    if (!INPUT_NAME.test(name) || typeof cid !== 'string') throw new InvalidInputError(`job spec blob "${name.slice(0, 64)}" must be {"cid": CID}`, 'ERR_BAD_SPEC')
+    blobs[name] = await resolve(cid)
+  }
+}
+
+export async function readJobRequest (req: IncomingMessage, maxTensorBytes: number, resolve: BlobResolver): Promise<JobSpec> {
   const type = (req.headers['content-type'] ?? '').toLowerCase()
   const declared = Number(req.headers['content-length'] ?? NaN)
   const isJson = type.startsWith('application/json')
@@ -76,7 +97,9 @@ export async function readJobRequest (req: IncomingMessage, maxTensorBytes: numb
       if (!INPUT_NAME.test(name)) throw new InvalidInputError(`input name "${name.slice(0, 64)}" is not an identifier`, 'ERR_BAD_SPEC')
       inputs[name] = inlineTensor(name, t)
     }
-    return { op: op as string, params, inputs }
+    const blobs: Record<string, Uint8Array> = {}
+    await blobRefs((value as { blobs?: unknown }).blobs, resolve, blobs)
+    return { op: op as string, params, inputs, ...extras(value as Record<string, unknown>), ...(Object.keys(blobs).length > 0 ? { blobs } : {}) }
   }
   let form: FormData
   try {
@@ -96,13 +119,19 @@ export async function readJobRequest (req: IncomingMessage, maxTensorBytes: numb
   }
   const { op, params } = checkEnvelope(specValue)
   const inputs: Tensors = {}
+  const blobs: Record<string, Uint8Array> = {}
+  await blobRefs((specValue as { blobs?: unknown }).blobs, resolve, blobs)
   for (const [name, part] of form.entries()) {
     if (name === 'spec') continue
-    if (!INPUT_NAME.test(name)) throw new InvalidInputError(`input name "${name.slice(0, 64)}" is not an identifier`, 'ERR_BAD_SPEC')
-    if (typeof part === 'string') throw new InvalidInputError(`input ${name} must be a .npy file part, not a text field`, 'ERR_BAD_SPEC')
-    inputs[name] = decodeNpy(new Uint8Array(await part.arrayBuffer()), name, { maxTensorBytes })
+    // A part named blob.NAME carries opaque bytes (a packed model), not a tensor.
+    const blob = /^blob\.(.+)$/.exec(name)?.[1]
+    const key = blob ?? name
+    if (!INPUT_NAME.test(key)) throw new InvalidInputError(`part name "${name.slice(0, 64)}" is not an identifier`, 'ERR_BAD_SPEC')
+    if (typeof part === 'string') throw new InvalidInputError(`part ${name} must be a file part, not a text field`, 'ERR_BAD_SPEC')
+    if (blob !== undefined) blobs[key] = new Uint8Array(await part.arrayBuffer())
+    else inputs[key] = decodeNpy(new Uint8Array(await part.arrayBuffer()), key, { maxTensorBytes })
   }
-  return { op: op as string, params, inputs }
+  return { op: op as string, params, inputs, ...extras(specValue as Record<string, unknown>), ...(Object.keys(blobs).length > 0 ? { blobs } : {}) }
 }
 
 /** The request body as a web stream that errors once it passes `limit` bytes. */

@@ -11,14 +11,14 @@ import { tcp } from '@libp2p/tcp'
 import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
 import { ExecutorPool } from '../compute/index.ts'
-import { InvalidInputError, errorMessage } from '../errors.ts'
+import { InvalidInputError, NotFoundError, errorMessage } from '../errors.ts'
 import { registerBidHandler, BID_PROTOCOL } from '../protocol/bid/index.ts'
 import { CapacityService } from '../protocol/capacity/index.ts'
 import { DEFAULT_WIRE_LIMITS } from '../protocol/limits.ts'
 import { registerShardHandler, SHARD_PROTOCOL } from '../protocol/shard/index.ts'
 import { JobManager } from './jobs/job-manager.ts'
 import { Journal } from './jobs/journal.ts'
-import { BlobStore } from './blob-store.ts'
+import { BlobStore, parseCid } from './blob-store.ts'
 import { SharedCache } from './shared-content.ts'
 import { BlobFetcher, BLOB_PROTOCOL, registerBlobHandler } from '../protocol/blob/index.ts'
 import type { Tensors } from '../compute/operators/types.ts'
@@ -246,6 +246,27 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
    */
   submit (spec: JobSpec): Job {
     return this.jobs.submit(spec)
+  }
+
+  /**
+   * A blob by CID: from this node's store, else (when `ask` is true) from
+   * whichever connected peer has it, checked against the hash.
+   */
+  async resolveBlob (cid: string, ask = true): Promise<Uint8Array> {
+    parseCid(cid)
+    const store = this.blobs
+    if (store === undefined || this.fetcher === undefined) throw new Error('node is not started')
+    const local = await store.get(cid)
+    if (local !== undefined) return local
+    if (!ask) throw new NotFoundError(`no blob ${cid} on this node`, 'ERR_BLOB_NOT_FOUND')
+    const peers = this.libp2p.getConnections().map(c => c.remotePeer)
+    return await this.fetcher.get(cid, peers)
+  }
+
+  /** Keeps bytes in this node's blob store (on disk) and returns their CID. */
+  async storeBlob (bytes: Uint8Array): Promise<string> {
+    if (this.blobs === undefined) throw new Error('node is not started')
+    return await this.blobs.put(bytes)
   }
 
   multiaddrs (): string[] {

@@ -113,7 +113,9 @@ describe('workers that die or freeze mid-job', () => {
 describe('a coordinator that dies', () => {
   let testnet: ChildProcess
   let peers: Member[]
-  let coord: ChildProcess | undefined
+  let coord: ChildProcess
+  // Every coordinator this block starts, so none outlives the tests.
+  const started: ChildProcess[] = []
 
   beforeAll(async () => {
     const started = await startCli(['testnet', '--nodes', '2', '--json', '--workers', '1', '--advert-interval', String(INTERVAL_MS),
@@ -123,7 +125,12 @@ describe('a coordinator that dies', () => {
   })
 
   afterAll(async () => {
-    if (coord !== undefined && coord.exitCode === null) coord.kill('SIGKILL')
+    for (const child of started) {
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill('SIGKILL')
+        await exited(child)
+      }
+    }
     if (testnet !== undefined && testnet.exitCode === null) {
       testnet.kill('SIGTERM')
       await exited(testnet)
@@ -133,6 +140,7 @@ describe('a coordinator that dies', () => {
   const startCoordinator = async (dataDir: string): Promise<{ child: ChildProcess, api: string }> => {
     const { child, line } = await startCli(['start', '--json', '--listen', '/ip4/127.0.0.1/tcp/0', '--api', '127.0.0.1:0', '--workers', '1',
       '--advert-interval', String(INTERVAL_MS), '--data-dir', dataDir, '--log-level', 'warn', '--bootstrap', peers[0]?.multiaddrs[0] ?? ''])
+    started.push(child)
     const api = (JSON.parse(line) as { api: string }).api
     // Wait until it sees both peers, as a user would check with `peers`.
     for (let i = 0; i < 200 && (await new ApiClient(api).peers()).length < 2; i++) await new Promise(resolve => setTimeout(resolve, 50))

@@ -170,6 +170,18 @@ function checkTask (op: string, params: Params, inputs: Tensors): { spec: MlpSpe
   return { spec, x, y, w, start, end }
 }
 
+let gradients: Promise<unknown> | undefined
+
+/**
+ * tfjs-core registers no gradients of its own; the union package's Node
+ * bundle does, on the same tfjs-core instance (every TF.js package resolves
+ * to its CommonJS main here). Loaded on first use: only training needs it.
+ */
+async function registerGradients (): Promise<void> {
+  gradients ??= import('@tensorflow/tfjs')
+  await gradients
+}
+
 export const mlpGrad: Operator<GradParams> = {
   name: 'mlp-grad',
   plan (inputs, params) {
@@ -185,6 +197,7 @@ export const mlpGrad: Operator<GradParams> = {
   },
   async map (tf, task) {
     const { spec, x, y, w, start, end } = checkTask('mlp-grad', task.params, task.inputs)
+    await registerGradients()
     const features = spec.layers[0] ?? 0
     const classes = spec.layers.at(-1) ?? 0
     const n = mlpParamCount(spec.layers)

@@ -4,6 +4,8 @@ import { getOperator } from '../../compute/operators/index.ts'
 import { describe as describeTensor } from '../../compute/tensor.ts'
 import { Coordinator } from './coordinator.ts'
 import { DEFAULT_VERIFY_RTOL } from './job-run.ts'
+import { checkTrainInputs, checkTrainParams, runTraining } from './train.ts'
+import type { TrainCheckpoint } from './train.ts'
 import { Job, TERMINAL_STATES } from './job.ts'
 import type { JobSpec, ScheduleSpec } from './job.ts'
 import type { JobHooks } from './coordinator.ts'
@@ -91,6 +93,8 @@ export class JobManager {
   private running = 0
   private accepting = true
   private readonly journal?: Journal
+  /** Training checkpoints read back from the journal. */
+  private readonly checkpoints = new Map<string, TrainCheckpoint>()
   /** Partials read back from the journal for jobs that resume. */
   private readonly resumed = new Map<string, Map<number, Tensors>>()
   /** Shards this node is running for coordinators (its own jobs' local shards excluded). */
@@ -119,6 +123,7 @@ export class JobManager {
    */
   submit (spec: JobSpec): Job {
     if (!this.accepting) throw new InvalidInputError('node is shutting down', 'ERR_SHUTTING_DOWN')
+    if (spec.op === 'train') return this.submitTraining(spec)
     const op = getOperator(spec.op)
     this.checkInputLimits(spec.inputs)
     const plan = op.plan(spec.inputs, spec.params ?? {}, spec.blobs)
@@ -127,6 +132,18 @@ export class JobManager {
     this.track(job)
     if (this.journal !== undefined) job.journaled = this.journal.submitted(job, spec.inputs, spec.blobs)
     this.c.log.info({ job: job.id, op: spec.op, units: plan.units }, 'job submitted')
+    this.enqueue(job)
+    return job
+  }
+
+  private submitTraining (spec: JobSpec): Job {
+    const params = checkTrainParams(spec.params ?? {})
+    this.checkInputLimits(spec.inputs)
+    checkTrainInputs(spec.inputs, params)
+    const job = new Job({ id: randomUUID(), op: 'train', params: { ...params }, inputs: spec.inputs, verify: checkVerify(spec.verify), schedule: checkSchedule(spec.schedule) })
+    this.track(job)
+    if (this.journal !== undefined) job.journaled = this.journal.submitted(job, spec.inputs)
+    this.c.log.info({ job: job.id, op: 'train', rounds: params.rounds }, 'job submitted')
     this.enqueue(job)
     return job
   }
@@ -154,6 +171,8 @@ export class JobManager {
         job.resultPath = path
         job.restoreFinished(stored.state, stored.finishedAt, stored.error, path === undefined ? undefined : async () => await journal.readResult(path))
         job.outputDesc = stored.record?.output
+        job.metrics = stored.record?.metrics
+        job.model = stored.record?.model
         continue
       }
       const inputs = await journal.readInputs(stored)
@@ -164,6 +183,16 @@ export class JobManager {
       try {
         job.inputs = inputs.tensors
         job.blobs = inputs.blobs
+        if (job.op === 'train') {
+          job.metrics = stored.record?.metrics
+          const checkpoint = await journal.readCheckpoint(stored)
+          // Without a checkpoint the rounds start over, so drop their metrics too.
+          if (checkpoint === undefined) job.metrics = undefined
+          else this.checkpoints.set(job.id, checkpoint)
+          this.c.log.info({ job: job.id, round: checkpoint?.round ?? 0 }, 'training resumed from the journal')
+          this.enqueue(job)
+          continue
+        }
         job.plan = getOperator(job.op).plan(inputs.tensors, job.params, inputs.blobs)
         // Partials only make sense against the split they were cut by.
         const completed = job.shards.length > 0 ? await journal.readPartials(stored) : new Map<number, Tensors>()
@@ -317,6 +346,13 @@ export class JobManager {
       this.resumed.delete(job.id)
       const journal = this.journal
       job.journaled.then(async () => {
+        if (job.op === 'train') {
+          const resume = this.checkpoints.get(job.id)
+          this.checkpoints.delete(job.id)
+          await runTraining({ coordinator: this.coordinator, pool: this.c.pool, blobs: this.c.blobs, log: this.c.log }, job, checkTrainParams(job.params), resume,
+            journal === undefined ? undefined : async (cp) => { this.persist(job, async () => { await journal.checkpoint(job, cp) }); await job.persisted })
+          return
+        }
         await this.coordinator.run(job, {
           completed,
           onPlanned: (j) => { journal?.updated(j) },

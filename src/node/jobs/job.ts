@@ -90,6 +90,10 @@ export interface JobView {
   bids: BidRecord[]
   verification: { replicas: number, spotCheck: number, verified: number, outvoted: Array<{ shard: number, peer: string }> }
   shards: ShardRecord[]
+  /** Training jobs: `{rounds: [{round, loss, accuracy, testLoss, ms, peers}], accuracy}`. */
+  metrics?: Job['metrics']
+  /** Training jobs: the trained model's CID and size (GET /v1/jobs/:id/model). */
+  model?: { cid: string, bytes: number }
 }
 
 export interface JobInit {
@@ -140,6 +144,10 @@ export class Job extends TypedEventEmitter<JobEvents> {
   bids: BidRecord[] = []
   output?: HostTensor
   error?: { code: string, message: string }
+  /** Training jobs: loss and held-out accuracy per round. */
+  metrics?: { rounds: Array<{ round: number, loss: number, accuracy: number, testLoss: number, ms: number, peers: number }>, accuracy?: number }
+  /** Training jobs: the trained model, packed, in the node's blob store. */
+  model?: { cid: string, bytes: number }
   /** Output shape of a restored job whose result is on disk. */
   outputDesc?: { dtype: string, shape: number[] }
   readonly verify: { replicas: number, spotCheck: number, rtol: number }
@@ -176,6 +184,12 @@ export class Job extends TypedEventEmitter<JobEvents> {
     return this.shards.filter(s => s.state === 'done').length
   }
 
+  /** Shards done of total; for a training job, rounds done of total. */
+  get progress (): { done: number, total: number } {
+    if (this.op === 'train') return { done: this.metrics?.rounds.length ?? 0, total: Number(this.params.rounds ?? 0) }
+    return { done: this.done, total: this.shards.length }
+  }
+
   get finished (): boolean {
     return TERMINAL_STATES.includes(this.state)
   }
@@ -200,7 +214,7 @@ export class Job extends TypedEventEmitter<JobEvents> {
   }
 
   progressed (): void {
-    this.safeDispatchEvent('progress', { detail: { done: this.done, total: this.shards.length } })
+    this.safeDispatchEvent('progress', { detail: this.progress })
   }
 
   /**
@@ -237,7 +251,7 @@ export class Job extends TypedEventEmitter<JobEvents> {
       inputs: this.inputDescs,
       state: this.state,
       createdAt: new Date(this.createdAt).toISOString(),
-      progress: { done: this.done, total: this.shards.length },
+      progress: this.progress,
       bids: this.bids,
       verification: { replicas: this.verify.replicas, spotCheck: this.verify.spotCheck, verified: this.verified, outvoted: this.outvoted },
       shards: this.shards
@@ -251,6 +265,8 @@ export class Job extends TypedEventEmitter<JobEvents> {
     else if (this.outputDesc !== undefined) view.output = this.outputDesc
     else if (this.plan !== undefined) view.output = { dtype: this.plan.output.dtype, shape: this.plan.output.shape }
     if (this.error !== undefined) view.error = this.error
+    if (this.metrics !== undefined) view.metrics = this.metrics
+    if (this.model !== undefined) view.model = this.model
     return view
   }
 }

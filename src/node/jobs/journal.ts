@@ -32,7 +32,7 @@ export interface StoredJob {
   finishedAt?: number
   error?: { code: string, message: string }
   /** The job's record (bids, shards, verification) as last written. */
-  record?: Pick<JobView, 'bids' | 'shards' | 'verification' | 'output'>
+  record?: Pick<JobView, 'bids' | 'shards' | 'verification' | 'output' | 'metrics' | 'model'>
   /** Shards whose partials are on disk, by index: tensor name to file. */
   partials: Map<number, Record<string, string>>
   resultPath?: string
@@ -99,7 +99,7 @@ export class Journal {
   /** The record as it stands (state, shards, bids); small, written on every shard that finishes. */
   updated (job: Job): void {
     const v = job.toJSON()
-    const record = JSON.stringify({ bids: v.bids, shards: v.shards, verification: v.verification, output: v.output })
+    const record = JSON.stringify({ bids: v.bids, shards: v.shards, verification: v.verification, output: v.output, metrics: v.metrics, model: v.model })
     // The state column of a finished job is written once, by finished(); a stopping node's
     // jobs keep their unfinished state so that they resume.
     if (job.finished) this.stmts?.record.run(record, job.id)
@@ -132,7 +132,7 @@ export class Journal {
     db.exec('BEGIN')
     try {
       this.stmts?.finish.run(job.state, job.startedAt ?? null, job.finishedAt ?? Date.now(), job.error === undefined ? null : JSON.stringify(job.error),
-        JSON.stringify({ bids: v.bids, shards: v.shards, verification: v.verification, output: v.output }), result, job.id)
+        JSON.stringify({ bids: v.bids, shards: v.shards, verification: v.verification, output: v.output, metrics: v.metrics, model: v.model }), result, job.id)
       this.stmts?.removeShards.run(job.id)
       db.exec('COMMIT')
     } catch (err) {
@@ -142,6 +142,27 @@ export class Journal {
     for (const file of await readdir(dir).catch(() => [] as string[])) {
       if (file !== 'result.npy') await rm(join(dir, file), { force: true })
     }
+  }
+
+  /** A training round's state: weights and optimizer moments, then the record with its metrics. */
+  async checkpoint (job: Job, state: { round: number, w: Float32Array, m: Float32Array, v: Float32Array }): Promise<void> {
+    const dir = this.jobDir(job.id)
+    for (const [name, data] of [['w', state.w], ['m', state.m], ['v', state.v]] as const) {
+      await writeAtomic(join(dir, `ckpt-${name}.npy`), encodeNpy({ dtype: 'float32', shape: [data.length], data }))
+    }
+    this.updated(job)
+  }
+
+  async readCheckpoint (stored: StoredJob): Promise<{ round: number, w: Float32Array, m: Float32Array, v: Float32Array } | undefined> {
+    const round = stored.record?.metrics?.rounds.length ?? 0
+    if (round === 0) return undefined
+    const read = async (name: string): Promise<Float32Array | undefined> => {
+      const path = join(stored.inputDir, `ckpt-${name}.npy`)
+      return existsSync(path) ? (await readNpyFile(path)).data as Float32Array : undefined
+    }
+    const [w, m, v] = [await read('w'), await read('m'), await read('v')]
+    if (w === undefined || m === undefined || v === undefined) return undefined
+    return { round, w, m, v }
   }
 
   async remove (id: string): Promise<void> {
