@@ -17,7 +17,13 @@ export async function loadLayers (): Promise<Layers> {
 /** Replaces every weight with seeded uniform values in [-scale, scale]. */
 export function seedWeights (tf: TF, model: LayersModel, seed: number, scale = 0.5): void {
   const u = prng(seed)
-  const values = model.getWeights().map(w => tf.tensor(Float32Array.from({ length: w.size }, () => (2 * u() - 1) * scale), w.shape, 'float32'))
+  // Variances (batch norm's moving_variance) must stay positive.
+  const values = model.weights.map((w) => {
+    // Weights have fully known shapes.
+    const shape = w.shape as number[]
+    const n = shape.reduce((a, b) => a * b, 1)
+    return tf.tensor(Float32Array.from({ length: n }, () => w.name.includes('variance') ? 0.5 + u() : (2 * u() - 1) * scale), shape, 'float32')
+  })
   model.setWeights(values)
   for (const v of values) v.dispose()
 }
