@@ -7,8 +7,8 @@ import { join } from 'node:path'
  * numpy as the independent reference: tests run a snippet with `np` imported
  * and `d` bound to a temp dir, and read what it wrote or printed.
  */
-export function numpy (code: string, dir: string): string {
-  return execFileSync('python3', ['-c', `import sys, json\nimport numpy as np\nd = sys.argv[1]\n${code}`, dir], { encoding: 'utf8' })
+export function numpy (code: string, dir: string, args: string[] = []): string {
+  return execFileSync('python3', ['-c', `import sys, json\nimport numpy as np\nd = sys.argv[1]\n${code}`, dir, ...args], { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 })
 }
 
 export function tempDir (): { dir: string, cleanup: () => void } {
