@@ -39,11 +39,22 @@ export class NotFoundError extends TensormeshError {
   }
 }
 
+/** Some libraries reject with an Event (a stream's 'close', a socket's 'error'); what it carries is the error. */
+function unwrapEvent (err: unknown): unknown {
+  if (typeof Event !== 'undefined' && err instanceof Event) {
+    const inner = (err as Event & { error?: unknown }).error
+    return inner ?? new Error(`${err.type} event without an error`)
+  }
+  return err
+}
+
 export function errorMessage (err: unknown): string {
-  return err instanceof Error ? err.message : String(err)
+  const e = unwrapEvent(err)
+  return e instanceof Error ? e.message : String(e)
 }
 
 export function errorCode (err: unknown): string {
+  err = unwrapEvent(err)
   if (err instanceof TensormeshError) return err.code
   const code = (err as { code?: unknown } | null)?.code
   if (typeof code === 'string') return code

@@ -1,0 +1,402 @@
+/**
+ * `npm run bench`: tensormesh's figures, each against a baseline measured in
+ * the same run (the machine is shared and noisy, so only ratios are stable).
+ * Writes bench/results.json and bench/results.md.
+ *
+ *   npm run bench                      every section
+ *   npm run bench -- --only mesh,transfer
+ */
+import { execFileSync, fork } from 'node:child_process'
+import { mkdir, mkdtemp, writeFile } from 'node:fs/promises'
+import { connect } from 'node:net'
+import { availableParallelism, cpus, tmpdir, totalmem } from 'node:os'
+import { join } from 'node:path'
+import { parseArgs } from 'node:util'
+import { Worker } from 'node:worker_threads'
+import { ExecutorPool } from '../src/compute/pool.ts'
+import { ApiClient } from '../src/node/client.ts'
+import { createLogger, silentLogger } from '../src/node/log.ts'
+import { MeshNode } from '../src/node/mesh-node.ts'
+import { Testnet, log, median, randomTensor, runJob, sleep, startCli } from './bench/lib.ts'
+import type { PeerView } from '../src/node/api.ts'
+import type { JobView } from '../src/node/jobs/job.ts'
+
+interface Figure {
+  section: string
+  name: string
+  value: number
+  unit: string
+  baseline?: { name: string, value: number, unit: string }
+  /** value / baseline (or the inverse where smaller is better, as `better` says). */
+  ratio?: number
+  goal?: string
+  note?: string
+}
+
+const figures: Figure[] = []
+function record (f: Figure): void {
+  figures.push(f)
+  log(`${f.section}: ${f.name} = ${round(f.value)} ${f.unit}${f.baseline !== undefined ? ` (baseline ${f.baseline.name} ${round(f.baseline.value)} ${f.baseline.unit}, ratio ${round(f.ratio ?? NaN)})` : ''}`)
+}
+const round = (x: number): number => Math.abs(x) >= 100 ? Math.round(x) : Math.round(x * 100) / 100
+
+const { values } = parseArgs({ options: { only: { type: 'string' }, 'fault-rows': { type: 'string' } } })
+const sections = values.only?.split(',') ?? ['compute', 'pool', 'mesh', 'overhead', 'transfer', 'convergence', 'faults']
+const started = Date.now()
+
+// ---------------------------------------------------------------- compute
+async function kernel (backend: string, sizes: number[], budgetMs: number): Promise<{ backend: string, results: Array<{ n: number, gflops: number, runs: number }> }> {
+  const w = new Worker(new URL('./bench/kernel-worker.ts', import.meta.url), { workerData: { backend, sizes, budgetMs } })
+  try {
+    return await new Promise((resolve, reject) => {
+      w.once('message', resolve)
+      w.once('error', reject)
+    })
+  } finally {
+    await w.terminate()
+  }
+}
+
+function numpyGflops (sizes: number[]): Record<number, number> | undefined {
+  const code = `
+import numpy as np, time, json, sys
+out = {}
+for n in json.loads(sys.argv[1]):
+    a = np.random.rand(n, n).astype(np.float32); b = np.random.rand(n, n).astype(np.float32)
+    a @ b
+    times = []
+    t_end = time.perf_counter() + 1.5
+    while len(times) < 3 or (time.perf_counter() < t_end and len(times) < 15):
+        t0 = time.perf_counter(); a @ b; times.append(time.perf_counter() - t0)
+    times.sort()
+    out[n] = 2 * n**3 / times[len(times) // 2] / 1e9
+print(json.dumps(out))
+`
+  // OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE slow a current numpy on this machine; unset both for the reference.
+  const env = { ...process.env }
+  delete env.OPENBLAS_CORETYPE
+  delete env.OPENBLAS_L2_SIZE
+  try {
+    const out = execFileSync('python3', ['-c', code, JSON.stringify(sizes)], { env, encoding: 'utf8' })
+    return JSON.parse(out) as Record<number, number>
+  } catch {
+    return undefined
+  }
+}
+
+async function computeSection (): Promise<void> {
+  const sizes = [256, 512, 1024, 2048]
+  const ref = numpyGflops(sizes)
+  for (const backend of ['wasm', 'cpu']) {
+    // The plain JS backend needs ~15 s for one 2048 product; 1024 shows its rate.
+    const own = await kernel(backend, backend === 'cpu' ? [256, 512, 1024] : sizes, 1500).catch(() => undefined)
+    if (own === undefined) continue
+    for (const r of own.results) {
+      const base = ref?.[r.n]
+      record({ section: 'compute', name: `matmul ${r.n} ${own.backend}, 1 worker`, value: r.gflops, unit: 'GFLOPS', ...(base !== undefined ? { baseline: { name: 'numpy (OpenBLAS, all cores)', value: base, unit: 'GFLOPS' }, ratio: r.gflops / base } : {}) })
+    }
+  }
+  // The default backend with one worker per core, all at once, against numpy.
+  const pool = new ExecutorPool({ backend: 'auto' })
+  await pool.start()
+  const n = 1024
+  const a = randomTensor([n, n], 1)
+  const b = randomTensor([n, n], 2)
+  const task = { op: 'matmul', params: {}, inputs: { a, b }, shared: ['b'] }
+  await Promise.all(Array.from({ length: pool.slots }, async () => await pool.run(task)))
+  const t0 = performance.now()
+  const count = pool.slots * 6
+  await Promise.all(Array.from({ length: count }, async () => await pool.run(task)))
+  const gflops = count * 2 * n ** 3 / ((performance.now() - t0) / 1000) / 1e9
+  const base = ref?.[n]
+  record({ section: 'compute', name: `matmul ${n} ${pool.backend}, ${pool.slots} workers (one per core)`, value: gflops, unit: 'GFLOPS', ...(base !== undefined ? { baseline: { name: 'numpy (OpenBLAS, all cores)', value: base, unit: 'GFLOPS' }, ratio: gflops / base } : {}), goal: '>= 0.30 of numpy' })
+  record({ section: 'compute', name: `calibrated at start (${pool.backend}, ${pool.slots} workers, 256x256)`, value: pool.gflops, unit: 'GFLOPS' })
+  await pool.stop()
+}
+
+// ---------------------------------------------------------------- pool
+async function poolSection (): Promise<void> {
+  const rates: Record<number, number> = {}
+  const n = 512
+  const task = { op: 'matmul', params: {}, inputs: { a: randomTensor([n, n], 3), b: randomTensor([n, n], 4) }, shared: ['b'] }
+  for (const workers of [1, availableParallelism()]) {
+    const pool = new ExecutorPool({ backend: 'auto', workers, calibrate: false })
+    await pool.start()
+    await Promise.all(Array.from({ length: workers }, async () => await pool.run(task)))
+    const samples: number[] = []
+    for (let rep = 0; rep < 3; rep++) {
+      const count = 24
+      const t0 = performance.now()
+      await Promise.all(Array.from({ length: count }, async () => await pool.run(task)))
+      samples.push(count / ((performance.now() - t0) / 1000))
+    }
+    rates[workers] = median(samples)
+    await pool.stop()
+  }
+  const one = rates[1] ?? NaN
+  const all = rates[availableParallelism()] ?? NaN
+  record({ section: 'pool', name: 'matmul 512 tasks/s, 1 worker', value: one, unit: 'tasks/s' })
+  record({ section: 'pool', name: `matmul 512 tasks/s, ${availableParallelism()} workers`, value: all, unit: 'tasks/s', baseline: { name: '1 worker', value: one, unit: 'tasks/s' }, ratio: all / one })
+}
+
+// ---------------------------------------------------------------- mesh
+async function meshSection (): Promise<void> {
+  const n = 2048
+  const a = randomTensor([n, n], 5)
+  const b = randomTensor([n, n], 6)
+  // TF.js in one process, same backend, one worker: the whole product as one task.
+  const pool = new ExecutorPool({ backend: 'auto', workers: 1, calibrate: false })
+  await pool.start()
+  await pool.run({ op: 'matmul', params: {}, inputs: { a, b } })
+  const local: number[] = []
+  for (let rep = 0; rep < 3; rep++) {
+    const t0 = performance.now()
+    await pool.run({ op: 'matmul', params: {}, inputs: { a, b } })
+    local.push(performance.now() - t0)
+  }
+  await pool.stop()
+  const inProcess = median(local)
+  const times: Record<number, number> = {}
+  for (const nodes of [1, 2]) {
+    const net = await Testnet.start(nodes, ['--workers', '1'])
+    try {
+      await runJob(net.node(0).api, 'matmul', { a, b }) // warm: kernels compiled, b cached
+      const samples: number[] = []
+      for (let rep = 0; rep < 3; rep++) {
+        const job = await runJob(net.node(0).api, 'matmul', { a, b })
+        samples.push(jobMs(job))
+      }
+      times[nodes] = median(samples)
+    } finally {
+      await net.stop()
+    }
+  }
+  const one = times[1] ?? NaN
+  const two = times[2] ?? NaN
+  record({ section: 'mesh', name: 'matmul 2048, TF.js in one process (1 worker)', value: inProcess, unit: 'ms' })
+  record({ section: 'mesh', name: 'matmul 2048 on a 1-node testnet (1 worker)', value: one, unit: 'ms', baseline: { name: 'TF.js in one process', value: inProcess, unit: 'ms' }, ratio: inProcess / one, note: 'ratio = in-process time / mesh time (1 = no overhead)' })
+  record({ section: 'mesh', name: 'matmul 2048 on a 2-node testnet (1 worker each)', value: two, unit: 'ms', baseline: { name: '1-node testnet', value: one, unit: 'ms' }, ratio: one / two, goal: 'speedup >= 1.7', note: 'ratio = speedup over one node' })
+  record({ section: 'mesh', name: 'matmul 2048 on a 2-node testnet vs TF.js in one process', value: two, unit: 'ms', baseline: { name: 'TF.js in one process', value: inProcess, unit: 'ms' }, ratio: inProcess / two, note: 'ratio = speedup over one process' })
+}
+
+/** Coordinator time of a job: from its start (after the upload was parsed) to its end. */
+function jobMs (job: JobView): number {
+  return Date.parse(job.finishedAt ?? '') - Date.parse(job.startedAt ?? job.createdAt)
+}
+
+// ---------------------------------------------------------------- overhead
+async function overheadSection (): Promise<void> {
+  const x = randomTensor([512, 1], 7)
+  const params = { ops: [{ op: 'add', value: 1 }] }
+  // In process: the same tiny task through the executor pool, as the coordinator runs its own.
+  const pool = new ExecutorPool({ backend: 'auto', workers: 1, calibrate: false })
+  await pool.start()
+  const tiny = { op: 'map', params, inputs: { x: randomTensor([2, 1], 8) } }
+  for (let i = 0; i < 50; i++) await pool.run(tiny)
+  const rtts: number[] = []
+  for (let i = 0; i < 300; i++) {
+    const t0 = performance.now()
+    await pool.run(tiny)
+    rtts.push(performance.now() - t0)
+  }
+  const t0 = performance.now()
+  const count = 1000
+  await Promise.all(Array.from({ length: count }, async () => await pool.run(tiny)))
+  const inProcessRate = count / ((performance.now() - t0) / 1000)
+  await pool.stop()
+
+  const net = await Testnet.start(2, ['--workers', '1'])
+  try {
+    const api = net.node(0).api
+    const remote = net.node(1).peerId
+    await runJob(api, 'map', { x }, params, { schedule: { shardsPerPeer: 64 } })
+    const rates: number[] = []
+    const remoteMs: number[] = []
+    for (let rep = 0; rep < 3; rep++) {
+      const job = await runJob(api, 'map', { x }, params, { schedule: { shardsPerPeer: 256 } })
+      rates.push(job.shards.length / (jobMs(job) / 1000))
+      for (const s of job.shards) if (s.peer === remote && s.ms !== undefined) remoteMs.push(s.ms)
+    }
+    // One tiny shard alone: a one-row job per round trip, bid and all.
+    const single: number[] = []
+    for (let rep = 0; rep < 30; rep++) {
+      const job = await runJob(api, 'map', { x: randomTensor([1, 1], rep) }, params)
+      single.push(jobMs(job))
+    }
+    const rate = median(rates)
+    record({ section: 'overhead', name: 'tiny shards/s through bid, shard, result (2-node testnet, 512 shards a job)', value: rate, unit: 'shards/s', baseline: { name: 'same tasks through the executor pool in process', value: inProcessRate, unit: 'tasks/s' }, ratio: rate / inProcessRate, goal: '>= 1000 shards/s' })
+    record({ section: 'overhead', name: 'median round trip of a tiny shard to the other node', value: median(remoteMs), unit: 'ms', baseline: { name: 'same task through the pool in process', value: median(rtts), unit: 'ms' }, ratio: median(remoteMs) / median(rtts), goal: '< 2 ms', note: 'ratio = mesh / in process (lower is better)' })
+    record({ section: 'overhead', name: 'median one-row job, submit to result on the coordinator (bids included)', value: median(single), unit: 'ms' })
+  } finally {
+    await net.stop()
+  }
+}
+
+// ---------------------------------------------------------------- transfer
+async function transferSection (): Promise<void> {
+  const bytes = 256 * 1024 * 1024
+  // Raw TCP between two processes: the ceiling for any protocol on this machine.
+  const sink = fork(new URL('./bench/tcp-sink.ts', import.meta.url), [], { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] })
+  const port = await new Promise<number>(resolve => {
+    sink.stdout?.once('data', (d: Buffer) => { resolve((JSON.parse(d.toString()) as { port: number }).port) })
+  })
+  const chunk = Buffer.alloc(1024 * 1024, 7)
+  const rawRates: number[] = []
+  for (let rep = 0; rep < 3; rep++) {
+    const t0 = performance.now()
+    await new Promise<void>((resolve, reject) => {
+      const sock = connect(port, '127.0.0.1', () => {
+        const header = Buffer.alloc(8)
+        header.writeBigUInt64LE(BigInt(bytes))
+        sock.write(header)
+        let sent = 0
+        const pump = (): void => {
+          while (sent < bytes) {
+            sent += chunk.length
+            if (!sock.write(chunk)) { sock.once('drain', pump); return }
+          }
+        }
+        pump()
+      })
+      sock.once('data', () => { sock.destroy(); resolve() })
+      sock.once('error', reject)
+    })
+    rawRates.push(bytes / 1e6 / ((performance.now() - t0) / 1000))
+  }
+  sink.kill('SIGTERM')
+
+  // The shard protocol, daemon to daemon: this process coordinates (runs no shard itself),
+  // one daemon computes; a reduce-sum shard sends 256 MiB and returns a few bytes.
+  const daemon = await startCli(['start', '--json', '--listen', '/ip4/127.0.0.1/tcp/0', '--api', '127.0.0.1:0', '--workers', '1', '--data-dir', await mkdtemp(join(tmpdir(), 'tm-bench-')), '--log-level', 'warn'])
+  const node = new MeshNode({ dataDir: await mkdtemp(join(tmpdir(), 'tm-bench-')), listen: ['/ip4/127.0.0.1/tcp/0'], api: false, serve: false, journal: false, workers: 1, bootstrap: (JSON.parse(daemon.line) as { multiaddrs: string[] }).multiaddrs, logger: process.env.BENCH_DEBUG !== undefined ? createLogger('debug') : silentLogger() })
+  await node.start()
+  try {
+    while (node.directory.size < 1) await sleep(20)
+    const x = randomTensor([bytes / 4 / 1024, 1024], 9)
+    const rates: number[] = []
+    for (let rep = 0; rep < 3; rep++) {
+      const job = node.submit({ op: 'reduce', inputs: { x }, params: { op: 'sum' }, schedule: { shardsPerPeer: 1 } })
+      await job.result()
+      const s = job.shards[0]
+      if (s?.ms === undefined) throw new Error('no shard timing')
+      rates.push((s.bytesOut / 1e6) / ((s.ms - (s.computeMs ?? 0)) / 1000))
+    }
+    const raw = median(rawRates)
+    const rate = median(rates)
+    record({ section: 'transfer', name: '256 MiB tensor over /tensormesh/shard/1.0.0 (tcp + noise + yamux), daemon to daemon', value: rate, unit: 'MB/s', baseline: { name: 'raw TCP (node:net) between two processes', value: raw, unit: 'MB/s' }, ratio: rate / raw, goal: '>= 0.5 of raw TCP' })
+  } finally {
+    await node.stop()
+    daemon.child.kill('SIGTERM')
+  }
+}
+
+// ---------------------------------------------------------------- convergence and detection
+async function convergenceSection (): Promise<void> {
+  const interval = 2000
+  const net = await Testnet.start(8, ['--workers', '1'])
+  record({ section: 'convergence', name: 'an 8-node testnet formed (start to every node seeing 7 peers)', value: net.formedMs, unit: 'ms' })
+  try {
+    const first = await Testnet.start(4, ['--workers', '1']).then(async t => { const ms = t.formedMs; await t.stop(); return ms })
+    record({ section: 'convergence', name: 'a 4-node testnet formed', value: first, unit: 'ms', goal: '< 30 s' })
+    const info = await new ApiClient(net.node(0).api).node()
+    record({ section: 'convergence', name: 'capacity advert size', value: info.adverts.lastAdvertBytes, unit: 'bytes', goal: 'well under 1 KiB' })
+    const t0 = performance.now()
+    const extra = await startCli(['start', '--json', '--listen', '/ip4/127.0.0.1/tcp/0', '--api', '127.0.0.1:0', '--workers', '1', '--data-dir', await mkdtemp(join(tmpdir(), 'tm-bench-')), '--log-level', 'warn', '--bootstrap', net.node(0).multiaddrs[0] ?? ''])
+    const ready = performance.now()
+    const newcomer = (JSON.parse(extra.line) as { peerId: string }).peerId
+    const seen = await untilAll(net, (peers) => peers.some(p => p.peerId === newcomer))
+    record({ section: 'convergence', name: 'newcomer in every directory of an 8-node testnet (from its ready line)', value: seen - ready, unit: 'ms', baseline: { name: 'advert interval', value: interval, unit: 'ms' }, ratio: (seen - ready) / interval, note: `process start to ready took ${Math.round(ready - t0)} ms` })
+    const pid = extra.child.pid ?? 0
+    const killed = performance.now()
+    process.kill(pid, 'SIGKILL')
+    const gone = await untilAll(net, (peers) => !peers.some(p => p.peerId === newcomer))
+    record({ section: 'detection', name: 'SIGKILLed peer removed from every directory (8 nodes)', value: gone - killed, unit: 'ms', baseline: { name: 'expiry, three advert intervals', value: 3 * interval, unit: 'ms' }, ratio: (gone - killed) / (3 * interval) })
+  } finally {
+    await net.stop()
+  }
+}
+
+async function untilAll (net: Testnet, ok: (peers: PeerView[]) => boolean): Promise<number> {
+  const pending = new Set(net.nodes.map(n => n.api))
+  while (pending.size > 0) {
+    for (const api of [...pending]) if (ok(await new ApiClient(api).peers())) pending.delete(api)
+    if (pending.size > 0) await sleep(20)
+  }
+  return performance.now()
+}
+
+// ---------------------------------------------------------------- faults
+async function faultsSection (): Promise<void> {
+  const rows = Number(values['fault-rows'] ?? 12288)
+  const a = randomTensor([rows, 4096], 10)
+  const b = randomTensor([4096, 4096], 11)
+  const net = await Testnet.start(3, ['--workers', '1'])
+  let clean = NaN
+  try {
+    clean = jobMs(await runJob(net.node(0).api, 'matmul', { a, b }))
+    record({ section: 'faults', name: `matmul ${rows}x4096x4096 on a 3-node testnet, no fault`, value: clean, unit: 'ms', goal: '>= 10 s job' })
+    const victim = net.node(2)
+    let killedAt = 0
+    const job = await runJob(net.node(0).api, 'matmul', { a, b }, {}, {}, (j) => {
+      if (killedAt === 0 && j.progress.done >= Math.floor(j.progress.total / 3) && j.shards.some(s => s.state === 'running' && s.history.at(-1)?.peer === victim.peerId)) {
+        killedAt = Date.now()
+        process.kill(victim.pid, 'SIGKILL')
+      }
+    })
+    const killedMs = jobMs(job)
+    record({ section: 'faults', name: 'same job, one of three workers SIGKILLed a third of the way in', value: killedMs, unit: 'ms', baseline: { name: 'no fault', value: clean, unit: 'ms' }, ratio: killedMs / clean, goal: '< 1.3x' })
+    const restarts = job.shards.flatMap(s => s.history.some(h => h.peer === victim.peerId) ? s.history.filter(h => h.peer !== victim.peerId && h.startedAt >= killedAt).map(h => h.startedAt - killedAt) : [])
+    if (restarts.length > 0) record({ section: 'faults', name: 'SIGKILL to the dead peer\'s shard restarting elsewhere', value: Math.min(...restarts), unit: 'ms', goal: '< 3 s' })
+  } finally {
+    await net.stop()
+  }
+  const slowNet = await Testnet.start(3, ['--workers', '1', '--inject', '2:slow=5'])
+  try {
+    const without = jobMs(await runJob(slowNet.node(0).api, 'matmul', { a, b }, {}, { schedule: { backups: false } }))
+    const withBackups = jobMs(await runJob(slowNet.node(0).api, 'matmul', { a, b }))
+    record({ section: 'faults', name: 'one worker slowed 5x, no backup copies', value: without, unit: 'ms', baseline: { name: 'no fault', value: clean, unit: 'ms' }, ratio: without / clean })
+    record({ section: 'faults', name: 'one worker slowed 5x, with backup copies', value: withBackups, unit: 'ms', baseline: { name: 'no backup copies', value: without, unit: 'ms' }, ratio: withBackups / without, note: 'ratio < 1: backups help' })
+  } finally {
+    await slowNet.stop()
+  }
+}
+
+const run: Record<string, () => Promise<void>> = {
+  compute: computeSection, pool: poolSection, mesh: meshSection, overhead: overheadSection, transfer: transferSection, convergence: convergenceSection, faults: faultsSection
+}
+for (const s of sections) {
+  const f = run[s]
+  if (f === undefined) throw new Error(`unknown section ${s}; sections: ${Object.keys(run).join(', ')}`)
+  log(`section ${s}`)
+  const t0 = performance.now()
+  try {
+    await f()
+  } catch (err) {
+    log(`section ${s} failed: ${err instanceof Error ? err.stack ?? err.message : String(err)}`)
+    figures.push({ section: s, name: 'section failed', value: NaN, unit: '', note: err instanceof Error ? err.message : String(err) })
+  }
+  log(`section ${s} took ${Math.round((performance.now() - t0) / 1000)} s`)
+}
+
+const machine = `${cpus()[0]?.model ?? 'unknown CPU'}, ${availableParallelism()} cores, ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}`
+const result = { date: new Date(started).toISOString(), machine, seconds: Math.round((Date.now() - started) / 1000), sections, figures }
+await mkdir(new URL('../bench/', import.meta.url), { recursive: true })
+await writeFile(new URL('../bench/results.json', import.meta.url), JSON.stringify(result, null, 2) + '\n')
+const fmt = (v: number): string => Number.isFinite(v) ? String(round(v)) : '-'
+const md = [
+  '# tensormesh benchmark results',
+  '',
+  `- date: ${result.date}`,
+  `- machine: ${machine}`,
+  `- command: \`npm run bench${values.only !== undefined ? ` -- --only ${values.only}` : ''}\` (${result.seconds} s)`,
+  '- each figure is the median of several runs unless noted; baselines were measured in the same run',
+  '',
+  '| section | figure | value | baseline | ratio | goal | note |',
+  '|---|---|---|---|---|---|---|',
+  ...figures.map(f => `| ${f.section} | ${f.name} | ${fmt(f.value)} ${f.unit} | ${f.baseline !== undefined ? `${f.baseline.name}: ${fmt(f.baseline.value)} ${f.baseline.unit}` : ''} | ${f.ratio !== undefined ? fmt(f.ratio) : ''} | ${f.goal ?? ''} | ${f.note ?? ''} |`),
+  ''
+].join('\n')
+await writeFile(new URL('../bench/results.md', import.meta.url), md)
+log(`wrote bench/results.json and bench/results.md in ${result.seconds} s`)
+process.exit(0)
+

@@ -1,0 +1,26 @@
+// The raw-TCP baseline's other process: reads N bytes from one connection,
+// then answers one byte, so the sender times the whole transfer.
+import { createServer } from 'node:net'
+
+const server = createServer((socket) => {
+  let expected = -1
+  let seen = 0
+  let header = Buffer.alloc(0)
+  socket.on('data', (chunk: Buffer) => {
+    if (expected < 0) {
+      header = Buffer.concat([header, chunk])
+      if (header.length < 8) return
+      expected = Number(header.readBigUInt64LE(0))
+      seen = header.length - 8
+    } else {
+      seen += chunk.length
+    }
+    if (seen >= expected) socket.end(Buffer.from([1]))
+  })
+})
+server.listen(0, '127.0.0.1', () => {
+  const addr = server.address()
+  process.stdout.write(JSON.stringify({ port: typeof addr === 'object' && addr !== null ? addr.port : 0 }) + '\n')
+})
+process.on('disconnect', () => { process.exit(0) })
+process.on('SIGTERM', () => { process.exit(0) })
