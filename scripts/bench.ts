@@ -280,6 +280,7 @@ async function transferSection (): Promise<void> {
       const s = job.shards[0]
       if (s?.ms === undefined) throw new Error('no shard timing')
       rates.push((s.bytesOut / 1e6) / ((s.ms - (s.computeMs ?? 0)) / 1000))
+      log(`transfer run ${rep}: shard ${s.ms} ms, compute ${s.computeMs ?? 0} ms, ${s.bytesOut} bytes out`)
     }
     const raw = median(rawRates)
     const rate = median(rates)

@@ -21,6 +21,7 @@ import { Journal } from './jobs/journal.ts'
 import { BlobStore, parseCid } from './blob-store.ts'
 import { SharedCache } from './shared-content.ts'
 import { BlobFetcher, BLOB_PROTOCOL, registerBlobHandler } from '../protocol/blob/index.ts'
+import { BulkServer } from '../protocol/bulk/index.ts'
 import type { Tensors } from '../compute/operators/types.ts'
 import { ApiServer } from './api.ts'
 import { loadOrCreateKey, prepareDataDir } from './keys.ts'
@@ -73,6 +74,8 @@ export interface NodeInfo {
   servingShards: number
   /** Bytes of shared inputs and models this node fetched from peers by CID. */
   blobBytesFetched: number
+  /** The bulk channel (large tensors beside libp2p), or null when disabled. */
+  bulk: { port: number, bytesServed: number, transfers: number } | null
   adverts: CapacityService['counters']
 }
 
@@ -105,6 +108,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
   private journal?: Journal
   private blobs?: BlobStore
   private fetcher?: BlobFetcher
+  private bulk?: BulkServer
 
   constructor (init: MeshNodeInit) {
     super()
@@ -184,23 +188,32 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
       }
       this.blobs = new BlobStore(this.init.dataDir)
       await this.blobs.start()
+      if (this.init.bulk !== false) {
+        // Same interface as libp2p: loopback for a local testnet, all interfaces otherwise.
+        this.bulk = new BulkServer(this.listen.some(a => a.startsWith('/ip4/127.')) ? '127.0.0.1' : '0.0.0.0')
+        await this.bulk.start()
+      }
       this.fetcher = new BlobFetcher(this.libp2p, this.blobs)
       const shared = new SharedCache(this.fetcher, this.limits.maxTensorBytes)
-      await registerBlobHandler(this.libp2p, this.blobs, this.log)
+      await registerBlobHandler(this.libp2p, this.blobs, this.log, this.bulk)
       this.jobManager = new JobManager(
-        { libp2p: this.libp2p, directory: this.directory, pool: this.pool, log: this.log, blobs: this.blobs },
+        { libp2p: this.libp2p, directory: this.directory, pool: this.pool, log: this.log, blobs: this.blobs, bulk: this.bulk },
         { journal: this.journal, limits: this.limits, serve: this.init.serve !== false, shardsPerPeer: this.init.shardsPerPeer, hooks: this.init.hooks, faults: this.init.faults, observer: this.metrics }
       )
       const jobs = this.jobManager
       await registerBidHandler(this.libp2p, (req) => jobs.bid(req), this.log)
-      await registerShardHandler(this.libp2p, async (shard, signal) => await jobs.execute(shard, signal), this.log, this.limits, async (refs, from) => {
-        const tensors: Tensors = {}
-        const blobs: Record<string, Uint8Array> = {}
-        await Promise.all([
-          ...refs.tensors.map(async r => { tensors[r.name] = await shared.tensor(r.cid, r.name, from) }),
-          ...refs.blobs.map(async r => { blobs[r.name] = await shared.blob(r.cid, from) })
-        ])
-        return { tensors, blobs }
+      await registerShardHandler(this.libp2p, async (shard, signal) => await jobs.execute(shard, signal), this.log, {
+        limits: this.limits,
+        bulk: this.bulk,
+        resolve: async (refs, from) => {
+          const tensors: Tensors = {}
+          const blobs: Record<string, Uint8Array> = {}
+          await Promise.all([
+            ...refs.tensors.map(async r => { tensors[r.name] = await shared.tensor(r.cid, r.name, from) }),
+            ...refs.blobs.map(async r => { blobs[r.name] = await shared.blob(r.cid, from) })
+          ])
+          return { tensors, blobs }
+        }
       })
       this.capacity.start()
       await this.jobManager.restore()
@@ -230,6 +243,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
     this.capacity?.stop()
     this.directory.stop()
     await this.libp2pNode?.stop()
+    await this.bulk?.stop()
     await this.pool.stop()
     this.journal?.close()
   }
@@ -295,6 +309,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
       peers: this.directory.size,
       distrusted: this.jobManager?.distrusted() ?? [],
       blobBytesFetched: this.fetcher?.fetchedBytes ?? 0,
+      bulk: this.bulk === undefined ? null : { port: this.bulk.port, bytesServed: this.bulk.bytesServed, transfers: this.bulk.transfers },
       servingShards: this.jobManager?.servingShards ?? 0,
       adverts: this.capacity?.counters ?? { published: 0, accepted: 0, rejected: { oversized: 0, garbage: 0, spoofed: 0, version: 0, invalid: 0, clock: 0, replayed: 0 }, lastAdvertBytes: 0 }
     }

@@ -28,6 +28,8 @@ export interface MeshNodeInit {
   limits?: Partial<WireLimits>
   /** Shards cut per accepting peer (default 2). */
   shardsPerPeer?: number
+  /** Move large tensors over the AES-GCM bulk channel beside libp2p (default true); false keeps every byte on libp2p streams. */
+  bulk?: boolean
   /** Keep jobs, partials and results in the data directory's journal (default true). */
   journal?: boolean
   /** Faults injected into shards this node runs for others (tests and testnet only). */

@@ -82,8 +82,9 @@ export async function writeTensorBytes (lp: LengthPrefixedStream, tensors: HostT
  * Reads the bytes for tensors already described and checked. Each frame must
  * be at most CHUNK_BYTES and no frame may run past the declared total.
  */
-export async function readTensorBytes (lp: LengthPrefixedStream, descs: TensorDesc[], limits: WireLimits, what: string): Promise<{ tensors: Tensors, bytes: number }> {
-  checkDescs(descs, limits, what)
+/** Allocates tensors for checked descriptors; `targets` are their bytes, in order. */
+export function allocateTensors (descs: TensorDesc[], limits: WireLimits, what: string): { tensors: Tensors, targets: Uint8Array[], bytes: number } {
+  const sizes = checkDescs(descs, limits, what)
   const tensors: Tensors = {}
   const targets: Uint8Array[] = []
   for (const d of descs) {
@@ -91,6 +92,16 @@ export async function readTensorBytes (lp: LengthPrefixedStream, descs: TensorDe
     tensors[d.name] = { dtype: d.dtype as HostTensor['dtype'], shape: d.shape, data }
     targets.push(new Uint8Array(data.buffer, data.byteOffset, data.byteLength))
   }
+  return { tensors, targets, bytes: sizes.reduce((a, b) => a + b, 0) }
+}
+
+/** The bytes of tensors, as views (no copy), in order. */
+export function tensorBytes (tensors: HostTensor[]): Uint8Array[] {
+  return tensors.map(t => new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength))
+}
+
+export async function readTensorBytes (lp: LengthPrefixedStream, descs: TensorDesc[], limits: WireLimits, what: string): Promise<{ tensors: Tensors, bytes: number }> {
+  const { tensors, targets } = allocateTensors(descs, limits, what)
   let ti = 0
   let off = 0
   let received = 0

@@ -132,6 +132,32 @@ np.save(f'{out}/ab.npy', (a.astype(np.float64) @ b.astype(np.float64)).astype(np
     expect(relError(out.data, (await load(big, 'ab')).data)).toBeLessThan(MATMUL_TOLERANCE)
   })
 
+  it('moves shards of 4 MiB and more over the bulk channel, both ways, intact', async () => {
+    const rows = 4096
+    const cols = 2048
+    const data = new Float32Array(rows * cols)
+    for (let i = 0; i < data.length; i++) data[i] = (i % 1000) - 500
+    const served = (n: MeshNode): number => n.info().bulk?.bytesServed ?? 0
+    const before = nodes.map(served)
+    const job = a.submit({ op: 'map', inputs: { x: { dtype: 'float32', shape: [rows, cols], data } }, params: { ops: [{ op: 'mul', value: 2 }] } })
+    const out = await job.result()
+    // x * 2 is exact in float32 for these integers: compare every element.
+    let wrong = 0
+    for (let i = 0; i < data.length; i++) if (out.data[i] !== 2 * (data[i] ?? 0)) wrong++
+    expect(wrong).toBe(0)
+    const remote = job.shards.filter(s => s.peer !== a.peerId.toString())
+    expect(remote.length).toBeGreaterThan(0)
+    for (const s of remote) {
+      expect(s.bytesOut).toBeGreaterThanOrEqual(4 * 1024 * 1024)
+      expect(s.bytesIn).toBe(s.bytesOut)
+    }
+    // Inputs went out over the coordinator's bulk server, results came back over the peers'.
+    const sent = remote.reduce((n, s) => n + s.bytesOut, 0)
+    expect(served(a) - (before[0] ?? 0)).toBe(sent)
+    const returned = nodes.slice(1).reduce((n, node, i) => n + served(node) - (before[i + 1] ?? 0), 0)
+    expect(returned).toBe(sent)
+  })
+
   it('cancels a job: its state is cancelled and result() rejects', async () => {
     const job = a.submit({ op: 'matmul', inputs: { a: await load(dir, 'a'), b: await load(dir, 'b') } })
     const client = new ApiClient(a.apiUrl ?? '')

@@ -107,7 +107,7 @@ describe('shard protocol', () => {
   it('refuses a declared tensor over the limit before allocating, and says why', async () => {
     const [client, server] = await streamPair()
     let called = false
-    void handleShardStream(server, peer, async () => { called = true; return { partial: {}, computeMs: 0 } }, log, { ...DEFAULT_WIRE_LIMITS, maxTensorBytes: 1024 })
+    void handleShardStream(server, peer, async () => { called = true; return { partial: {}, computeMs: 0 } }, log, { limits: { ...DEFAULT_WIRE_LIMITS, maxTensorBytes: 1024 } })
     const lp = lpStream(client)
     await lp.write(ShardHeaderCodec.encode({ jobId: 'j', index: 0, attempt: 1, op: 'map', params: '{}', start: 0, end: 1, tensors: [{ name: 'x', dtype: 'float32', shape: [1 << 20, 1 << 20] }], refs: [], blobs: [] }))
     const answer = ResultHeaderCodec.decode((await lp.read()).subarray())

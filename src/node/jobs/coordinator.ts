@@ -16,6 +16,7 @@ import type { Logger } from '../log.ts'
 import type { PeerDirectory } from '../peer-directory.ts'
 import type { Libp2p } from '@libp2p/interface'
 import type { BlobStore } from '../blob-store.ts'
+import type { BulkServer } from '../../protocol/bulk/index.ts'
 
 export { MAX_SHARD_ATTEMPTS, MAX_INFLIGHT_PER_PEER, DEADLINE_FACTOR, DEADLINE_SLACK_MS } from './job-run.ts'
 
@@ -31,6 +32,8 @@ export interface CoordinatorComponents {
   onOutvoted: (peer: string, job: Job, shard: number) => void
   /** Where this node serves a job's shared content from. */
   blobs: BlobStore
+  /** The bulk channel for large shard inputs, when enabled. */
+  bulk?: BulkServer
 }
 
 /**
@@ -73,6 +76,8 @@ export class Coordinator {
   }
 
   async run (job: Job, options: RunOptions = {}): Promise<void> {
+    // Cancelled while it waited for the journal: nothing to run.
+    if (job.finished) return
     const plan = job.plan
     const inputs = job.inputs
     if (plan === undefined || inputs === undefined) throw new Error('job has no plan')

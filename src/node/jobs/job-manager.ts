@@ -11,6 +11,7 @@ import type { JobSpec, ScheduleSpec } from './job.ts'
 import type { JobHooks } from './coordinator.ts'
 import type { Journal } from './journal.ts'
 import type { BlobStore } from '../blob-store.ts'
+import type { BulkServer } from '../../protocol/bulk/index.ts'
 import type { ExecutorPool } from '../../compute/index.ts'
 import type { Tensors } from '../../compute/operators/types.ts'
 import type { BidAnswer, BidRequest } from '../../protocol/bid/index.ts'
@@ -47,6 +48,8 @@ export interface JobManagerComponents {
   pool: ExecutorPool
   log: Logger
   blobs: BlobStore
+  /** The bulk channel for large shard inputs and results, when enabled. */
+  bulk?: BulkServer
 }
 
 /**
@@ -362,6 +365,10 @@ export class JobManager {
         })
       }, (err: unknown) => {
         job.finish('failed', undefined, { code: 'ERR_JOURNAL', message: `cannot write job ${job.id} to the journal: ${errorMessage(err)}` })
+      }).catch((err: unknown) => {
+        // A bug, not an input: fail the job rather than leave it running for ever.
+        this.c.log.error({ job: job.id, err: errorMessage(err) }, 'job crashed')
+        job.finish('failed', undefined, { code: 'ERR_INTERNAL', message: errorMessage(err) })
       }).finally(() => {
         this.running--
         this.c.log.info({ job: job.id, state: job.state, ms: (job.finishedAt ?? Date.now()) - job.createdAt }, 'job finished')

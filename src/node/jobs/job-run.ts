@@ -2,6 +2,7 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import { TensormeshError, errorCode, errorMessage } from '../../errors.ts'
 import { sendShard } from '../../protocol/shard/index.ts'
 import type { RefPublisher } from '../../protocol/shard/index.ts'
+import type { BulkServer } from '../../protocol/bulk/index.ts'
 import { peerText } from '../../protocol/sanitize.ts'
 import type { Job, ShardAttempt, ShardRecord } from './job.ts'
 import type { ExecutorPool } from '../../compute/index.ts'
@@ -108,6 +109,8 @@ export interface JobRunComponents {
   log: Logger
   /** Gives this job's shared inputs and blobs CIDs and serves them to peers. */
   shares?: RefPublisher
+  /** Serves large shard inputs over the bulk channel. */
+  bulk?: BulkServer
 }
 
 export interface JobRunInit {
@@ -322,7 +325,7 @@ export class JobRun {
     const attemptNo = rec.attempts
     const work = p.local
       ? this.c.pool.run(task, { signal, transfer: false }).then(out => ({ ...out, bytesIn: 0, bytesOut: 0 }))
-      : sendShard(this.c.libp2p, peerIdFromString(p.peer), { jobId: this.i.job.id, index, attempt: attemptNo, start: rec.start, end: rec.end, task }, signal, this.i.limits, this.c.shares)
+      : sendShard(this.c.libp2p, peerIdFromString(p.peer), { jobId: this.i.job.id, index, attempt: attemptNo, start: rec.start, end: rec.end, task }, signal, { limits: this.i.limits, publisher: this.c.shares, bulk: this.c.bulk })
 
     work.then(outcome => {
       attempt.ms = Math.round(performance.now() - copy.startedAt)

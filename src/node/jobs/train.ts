@@ -101,6 +101,7 @@ export interface TrainComponents {
  * whose peer fails is finished by others like any job.
  */
 export async function runTraining (c: TrainComponents, job: Job, params: TrainParams, resume?: TrainCheckpoint, onRound?: (cp: TrainCheckpoint) => Promise<void>): Promise<void> {
+  if (job.finished) return
   const inputs = job.inputs
   if (inputs === undefined) throw new Error('train job has no inputs')
   const spec: MlpSpec = { layers: params.layers, activation: params.activation }
@@ -118,12 +119,14 @@ export async function runTraining (c: TrainComponents, job: Job, params: TrainPa
       if (job.finished) return
       const t0 = performance.now()
       // One map-reduce per round; the weights are a fresh tensor, so a fresh CID.
+      // The id must stay a plain id ([A-Za-z0-9_-], the bid protocol's rule) or peers refuse to bid.
       const wt = hostTensor('float32', [n], w.slice())
-      const sub = new Job({ id: `${job.id}.r${round}`, op: 'mlp-grad', params: { ...spec }, inputs: { x, y, w: wt }, verify: job.verify, schedule: job.schedule })
+      const sub = new Job({ id: `${job.id}-r${round}`, op: 'mlp-grad', params: { ...spec }, inputs: { x, y, w: wt }, verify: job.verify, schedule: job.schedule })
       sub.plan = getOperator('mlp-grad').plan(sub.inputs ?? {}, sub.params)
       const onCancel = (): void => { sub.cancel() }
       job.controller.signal.addEventListener('abort', onCancel)
       sub.addEventListener('progress', () => {
+        job.bids = sub.bids
         job.shards = sub.shards
         job.progressed()
       })

@@ -9,6 +9,8 @@ import { ProtocolError, LimitExceededError, TensormeshError, errorCode, errorMes
 import { cidOf, parseCid } from '../../node/blob-store.ts'
 import { messageCodec } from '../codec.ts'
 import { CHUNK_BYTES } from '../limits.ts'
+import { BULK_MIN_BYTES, BulkTicketCodec, bulkFetch, hostOf } from '../bulk/index.ts'
+import type { BulkServer, BulkTicket } from '../bulk/index.ts'
 import { peerText } from '../sanitize.ts'
 import type { BlobStore } from '../../node/blob-store.ts'
 import type { Libp2p, PeerId, Stream, Connection } from '@libp2p/interface'
@@ -23,13 +25,14 @@ export const MAX_BLOB_BYTES = 1024 * 1024 * 1024 + 64 * 1024
 export const BLOB_FRAME_TIMEOUT_MS = 30_000
 
 interface BlobRequest { cid: string }
-interface BlobAnswer { ok: boolean, size: number, error: string }
+interface BlobAnswer { ok: boolean, size: number, error: string, bulk?: BulkTicket }
 
 const BlobRequestCodec = messageCodec<BlobRequest>('BlobRequest', { cid: { no: 1, kind: 'string', maxBytes: 128 } }, 256)
 const BlobAnswerCodec = messageCodec<BlobAnswer>('BlobAnswer', {
   ok: { no: 1, kind: 'bool' },
   size: { no: 2, kind: 'uint64' },
-  error: { no: 3, kind: 'string', maxBytes: 512 }
+  error: { no: 3, kind: 'string', maxBytes: 512 },
+  bulk: { no: 4, kind: 'message', codec: BulkTicketCodec }
 }, 1024)
 
 export class BlobNotFoundError extends TensormeshError {
@@ -39,7 +42,7 @@ export class BlobNotFoundError extends TensormeshError {
 }
 
 /** Serves one blob request on an open stream. */
-export async function handleBlobStream (stream: Stream, from: PeerId, store: BlobStore, log: Logger): Promise<void> {
+export async function handleBlobStream (stream: Stream, from: PeerId, store: BlobStore, log: Logger, bulk?: BulkServer): Promise<void> {
   const lp = lpStream(stream, { maxDataLength: CHUNK_BYTES })
   const timeout = (): AbortSignal => AbortSignal.timeout(BLOB_FRAME_TIMEOUT_MS)
   try {
@@ -48,6 +51,9 @@ export async function handleBlobStream (stream: Stream, from: PeerId, store: Blo
     const bytes = await store.get(req.cid)
     if (bytes === undefined) {
       await lp.write(BlobAnswerCodec.encode({ ok: false, size: 0, error: 'not here' }), { signal: timeout() })
+    } else if (bulk !== undefined && bytes.byteLength >= BULK_MIN_BYTES) {
+      // Large blobs go over the bulk channel; the ticket travels on this encrypted stream.
+      await lp.write(BlobAnswerCodec.encode({ ok: true, size: bytes.byteLength, error: '', bulk: bulk.offer([bytes]) }), { signal: timeout() })
     } else {
       await lp.write(BlobAnswerCodec.encode({ ok: true, size: bytes.byteLength, error: '' }), { signal: timeout() })
       for (let off = 0; off < bytes.byteLength; off += CHUNK_BYTES) {
@@ -61,14 +67,14 @@ export async function handleBlobStream (stream: Stream, from: PeerId, store: Blo
   }
 }
 
-export async function registerBlobHandler (libp2p: Libp2p, store: BlobStore, log: Logger): Promise<void> {
+export async function registerBlobHandler (libp2p: Libp2p, store: BlobStore, log: Logger, bulk?: BulkServer): Promise<void> {
   await libp2p.handle(BLOB_PROTOCOL, async (stream: Stream, connection: Connection) => {
-    await handleBlobStream(stream, connection.remotePeer, store, log)
+    await handleBlobStream(stream, connection.remotePeer, store, log, bulk)
   }, { maxInboundStreams: 64 })
 }
 
 /** Reads one blob from an open stream and checks it against its CID. */
-export async function blobOverStream (stream: Stream, cid: string, signal?: AbortSignal, maxBytes = MAX_BLOB_BYTES): Promise<Uint8Array> {
+export async function blobOverStream (stream: Stream, cid: string, signal?: AbortSignal, maxBytes = MAX_BLOB_BYTES, remoteHost?: string): Promise<Uint8Array> {
   const sig = (): AbortSignal => signal === undefined ? AbortSignal.timeout(BLOB_FRAME_TIMEOUT_MS) : AbortSignal.any([signal, AbortSignal.timeout(BLOB_FRAME_TIMEOUT_MS)])
   try {
     const lp = lpStream(stream, { maxDataLength: CHUNK_BYTES })
@@ -77,7 +83,11 @@ export async function blobOverStream (stream: Stream, cid: string, signal?: Abor
     if (!answer.ok) throw new BlobNotFoundError(`peer does not have blob ${cid}: ${peerText(answer.error)}`)
     if (answer.size > maxBytes) throw new LimitExceededError(`blob ${cid} is ${answer.size} bytes, more than the ${maxBytes}-byte limit`)
     const bytes = new Uint8Array(answer.size)
-    let off = 0
+    if (answer.bulk !== undefined) {
+      if (remoteHost === undefined || answer.bulk.bytes !== answer.size || answer.bulk.id.byteLength !== 16 || answer.bulk.key.byteLength !== 16) throw new ProtocolError(`blob ${cid}: unusable bulk ticket`, 'ERR_BULK')
+      await bulkFetch(remoteHost, answer.bulk, [bytes], signal)
+    }
+    let off = answer.bulk !== undefined ? bytes.byteLength : 0
     while (off < bytes.byteLength) {
       const frame = await lp.read({ signal: sig() })
       if (frame.byteLength === 0 || off + frame.byteLength > bytes.byteLength) throw new ProtocolError(`blob ${cid}: chunk runs past the declared size`, 'ERR_BAD_CHUNK')
@@ -130,7 +140,7 @@ export class BlobFetcher {
     for (const peer of providers) {
       try {
         const stream = await this.libp2p.dialProtocol(peer, BLOB_PROTOCOL, { signal })
-        const bytes = await blobOverStream(stream, cid, signal)
+        const bytes = await blobOverStream(stream, cid, signal, MAX_BLOB_BYTES, hostOf(this.libp2p.getConnections(peer)[0]?.remoteAddr))
         this.fetchedBytes += bytes.byteLength
         if (remember) this.store.remember(cid, bytes)
         return bytes

@@ -10,7 +10,10 @@ import { ProtocolError, TensormeshError, errorCode, errorMessage } from '../../e
 import { messageCodec } from '../codec.ts'
 import { CHUNK_BYTES, DEFAULT_WIRE_LIMITS, MAX_HEADER_BYTES, MAX_PARAMS_BYTES, MAX_TENSORS_PER_FRAME } from '../limits.ts'
 import { peerText } from '../sanitize.ts'
-import { TensorDescCodec, checkDescs, describeTensors, readTensorBytes, writeTensorBytes } from '../tensor-frames.ts'
+import { BULK_MIN_BYTES, BulkTicketCodec, bulkFetch, hostOf } from '../bulk/index.ts'
+import { TensorDescCodec, allocateTensors, checkDescs, describeTensors, readTensorBytes, tensorBytes, writeTensorBytes } from '../tensor-frames.ts'
+import type { BulkServer, BulkTicket } from '../bulk/index.ts'
+import type { LengthPrefixedStream } from '@libp2p/utils'
 import type { Params, ShardTask, Tensors } from '../../compute/operators/types.ts'
 import type { WireLimits } from '../limits.ts'
 import type { TensorDesc } from '../tensor-frames.ts'
@@ -46,6 +49,8 @@ export interface ShardHeader {
   /** Shared inputs, by CID: the peer fetches each once from the coordinator. */
   refs: ContentRef[]
   blobs: ContentRef[]
+  /** Present when the tensor bytes come over the bulk channel instead of this stream. */
+  bulk?: BulkTicket
 }
 
 export interface ResultHeader {
@@ -54,6 +59,7 @@ export interface ResultHeader {
   errorMessage: string
   computeMs: number
   tensors: TensorDesc[]
+  bulk?: BulkTicket
 }
 
 const ShardHeaderCodec = messageCodec<ShardHeader>('ShardHeader', {
@@ -66,7 +72,8 @@ const ShardHeaderCodec = messageCodec<ShardHeader>('ShardHeader', {
   end: { no: 7, kind: 'uint64' },
   tensors: { no: 8, kind: 'message', codec: TensorDescCodec, repeated: true, maxCount: MAX_TENSORS_PER_FRAME },
   refs: { no: 9, kind: 'message', codec: ContentRefCodec, repeated: true, maxCount: MAX_TENSORS_PER_FRAME },
-  blobs: { no: 10, kind: 'message', codec: ContentRefCodec, repeated: true, maxCount: MAX_TENSORS_PER_FRAME }
+  blobs: { no: 10, kind: 'message', codec: ContentRefCodec, repeated: true, maxCount: MAX_TENSORS_PER_FRAME },
+  bulk: { no: 11, kind: 'message', codec: BulkTicketCodec }
 }, MAX_HEADER_BYTES)
 
 const ResultHeaderCodec = messageCodec<ResultHeader>('ResultHeader', {
@@ -74,10 +81,11 @@ const ResultHeaderCodec = messageCodec<ResultHeader>('ResultHeader', {
   errorCode: { no: 2, kind: 'string', maxBytes: 64 },
   errorMessage: { no: 3, kind: 'string', maxBytes: 2048 },
   computeMs: { no: 4, kind: 'double' },
-  tensors: { no: 5, kind: 'message', codec: TensorDescCodec, repeated: true, maxCount: MAX_TENSORS_PER_FRAME }
+  tensors: { no: 5, kind: 'message', codec: TensorDescCodec, repeated: true, maxCount: MAX_TENSORS_PER_FRAME },
+  bulk: { no: 6, kind: 'message', codec: BulkTicketCodec }
 }, MAX_HEADER_BYTES)
 
-export { ShardHeaderCodec, ResultHeaderCodec }
+export { ShardHeaderCodec, ResultHeaderCodec, hostOf }
 
 /** The peer answered that the shard failed there (its code is kept in `remoteCode`). */
 export class RemoteShardError extends TensormeshError {
@@ -126,15 +134,29 @@ function parseParams (text: string): Params {
   return value as Params
 }
 
+/** How a node moves a shard's bytes; every field is optional but the limits. */
+export interface ShardTransport {
+  limits?: WireLimits
+  /** Turns content refs into tensors (the peer side). */
+  resolve?: RefResolver
+  /** Serves this side's large payloads over the bulk channel. */
+  bulk?: BulkServer
+  /** The other side's IP address, for pulling its bulk offers. */
+  remoteHost?: string
+}
+
+
 /** Serves shards: reads one, runs it through `execute`, answers with the partial. */
-export async function registerShardHandler (libp2p: Libp2p, execute: ShardExecutor, log: Logger, limits: WireLimits = DEFAULT_WIRE_LIMITS, resolve?: RefResolver): Promise<void> {
+export async function registerShardHandler (libp2p: Libp2p, execute: ShardExecutor, log: Logger, transport: ShardTransport = {}): Promise<void> {
   await libp2p.handle(SHARD_PROTOCOL, async (stream: Stream, connection: Connection) => {
-    await handleShardStream(stream, connection.remotePeer, execute, log, limits, resolve)
+    await handleShardStream(stream, connection.remotePeer, execute, log, { ...transport, remoteHost: hostOf(connection.remoteAddr) })
   }, { maxInboundStreams: MAX_INBOUND_SHARD_STREAMS, maxOutboundStreams: MAX_INBOUND_SHARD_STREAMS })
 }
 
 /** Serves one shard on an open stream (the protocol handler's body). */
-export async function handleShardStream (stream: Stream, from: PeerId, execute: ShardExecutor, log: Logger, limits: WireLimits = DEFAULT_WIRE_LIMITS, resolve?: RefResolver): Promise<void> {
+export async function handleShardStream (stream: Stream, from: PeerId, execute: ShardExecutor, log: Logger, transport: ShardTransport = {}): Promise<void> {
+  const limits = transport.limits ?? DEFAULT_WIRE_LIMITS
+  const resolve = transport.resolve
   const lp = lpStream(stream, { maxDataLength: CHUNK_BYTES })
   // The lease: when the stream closes before we answer, the work is for nobody.
   const lease = new AbortController()
@@ -149,7 +171,7 @@ export async function handleShardStream (stream: Stream, from: PeerId, execute: 
     if (header.end < header.start) throw new ProtocolError('shard range ends before it starts', 'ERR_BAD_RANGE')
     checkDescs(header.tensors, limits, 'shard request')
     checkRefs(header)
-    const { tensors } = await readTensorBytes(lp, header.tensors, limits, 'shard request')
+    const tensors = await receiveTensors(lp, header, limits, 'shard request', transport.remoteHost, lease.signal)
     const task: ShardTask = { op: header.op, params, inputs: tensors }
     if (header.refs.length > 0 || header.blobs.length > 0) {
       if (resolve === undefined) throw new ProtocolError('this node takes no content refs', 'ERR_BAD_REF')
@@ -163,8 +185,15 @@ export async function handleShardStream (stream: Stream, from: PeerId, execute: 
     }, lease.signal)
     const out = Object.values(result.partial)
     answered = true
-    await lp.write(ResultHeaderCodec.encode({ ok: true, errorCode: '', errorMessage: '', computeMs: result.computeMs, tensors: describeTensors(result.partial) }))
-    await writeTensorBytes(lp, out)
+    const ticket = offerBulk(transport.bulk, out)
+    try {
+      await lp.write(ResultHeaderCodec.encode({ ok: true, errorCode: '', errorMessage: '', computeMs: result.computeMs, tensors: describeTensors(result.partial), ...(ticket !== undefined ? { bulk: ticket } : {}) }))
+      if (ticket === undefined) await writeTensorBytes(lp, out)
+      // With a bulk offer the coordinator pulls, then closes; our close waits for that.
+    } catch (err) {
+      if (ticket !== undefined) transport.bulk?.withdraw(ticket)
+      throw err
+    }
     await stream.close({ signal: AbortSignal.timeout(limits.frameTimeoutMs) })
   } catch (err) {
     log.debug({ peer: from.toString(), code: errorCode(err), err: errorMessage(err) }, 'shard failed')
@@ -205,7 +234,8 @@ export interface RefPublisher {
 }
 
 /** Sends one shard to a peer and waits for its partial. */
-export async function sendShard (libp2p: Libp2p, peer: PeerId, shard: OutgoingShard, signal: AbortSignal, limits: WireLimits = DEFAULT_WIRE_LIMITS, publisher?: RefPublisher): Promise<ShardOutcome> {
+export async function sendShard (libp2p: Libp2p, peer: PeerId, shard: OutgoingShard, signal: AbortSignal, transport: ShardTransport & { publisher?: RefPublisher } = {}): Promise<ShardOutcome> {
+  const publisher = transport.publisher
   const refs: ContentRef[] = []
   const blobs: ContentRef[] = []
   if (publisher === undefined && shard.task.blobs !== undefined) throw new Error('a shard with blobs needs a RefPublisher')
@@ -217,36 +247,63 @@ export async function sendShard (libp2p: Libp2p, peer: PeerId, shard: OutgoingSh
     for (const [name, bytes] of Object.entries(shard.task.blobs ?? {})) blobs.push({ name, cid: await publisher.blobRef(bytes) })
   }
   const stream = await libp2p.dialProtocol(peer, SHARD_PROTOCOL, { signal })
-  return await shardOverStream(stream, shard, signal, limits, refs, blobs)
+  const remoteHost = hostOf(libp2p.getConnections(peer)[0]?.remoteAddr)
+  return await shardOverStream(stream, shard, signal, { ...transport, remoteHost }, refs, blobs)
 }
 
 /** Runs the coordinator's side of one shard on an open stream. */
-export async function shardOverStream (stream: Stream, shard: OutgoingShard, signal: AbortSignal, limits: WireLimits = DEFAULT_WIRE_LIMITS, refs: ContentRef[] = [], blobs: ContentRef[] = []): Promise<ShardOutcome> {
+export async function shardOverStream (stream: Stream, shard: OutgoingShard, signal: AbortSignal, transport: ShardTransport = {}, refs: ContentRef[] = [], blobs: ContentRef[] = []): Promise<ShardOutcome> {
+  const limits = transport.limits ?? DEFAULT_WIRE_LIMITS
+  let ticket: BulkTicket | undefined
   const onAbort = (): void => { stream.abort(new TensormeshError('ERR_ABORTED', 'shard cancelled')) }
   signal.addEventListener('abort', onAbort)
   try {
     const lp = lpStream(stream, { maxDataLength: CHUNK_BYTES })
     const byRef = new Set(refs.map(r => r.name))
     const inline = Object.fromEntries(Object.entries(shard.task.inputs).filter(([name]) => !byRef.has(name)))
+    ticket = offerBulk(transport.bulk, Object.values(inline))
     const header: ShardHeader = {
       jobId: shard.jobId, index: shard.index, attempt: shard.attempt, op: shard.task.op,
       params: JSON.stringify(shard.task.params), start: shard.start, end: shard.end,
-      tensors: describeTensors(inline), refs, blobs
+      tensors: describeTensors(inline), refs, blobs, ...(ticket !== undefined ? { bulk: ticket } : {})
     }
     await lp.write(ShardHeaderCodec.encode(header), { signal })
-    const bytesOut = await writeTensorBytes(lp, Object.values(inline), { signal })
+    const bytesOut = ticket !== undefined ? ticket.bytes : await writeTensorBytes(lp, Object.values(inline), { signal })
     // The peer computes now; the reply's first frame may take as long as the shard does.
     const resultFrame = await lp.read({ signal })
     const result = ResultHeaderCodec.decode(resultFrame.subarray())
     if (!result.ok) throw new RemoteShardError(peerText(result.errorCode), peerText(result.errorMessage))
     if (!Number.isFinite(result.computeMs) || result.computeMs < 0) throw new ProtocolError('result header: computeMs is not a finite non-negative number', 'ERR_BAD_RESULT')
-    const { tensors, bytes } = await readTensorBytes(lp, result.tensors, limits, 'shard result')
+    const tensors = await receiveTensors(lp, result, limits, 'shard result', transport.remoteHost, signal)
     await stream.close({ signal }).catch(() => {})
+    const bytes = Object.values(tensors).reduce((n, t) => n + t.data.byteLength, 0)
     return { partial: tensors, computeMs: result.computeMs, bytesOut, bytesIn: bytes }
   } catch (err) {
+    if (ticket !== undefined) transport.bulk?.withdraw(ticket)
     stream.abort(err instanceof Error ? err : new Error(String(err)))
     throw err
   } finally {
     signal.removeEventListener('abort', onAbort)
   }
+}
+
+/** Offers payloads of BULK_MIN_BYTES or more over the bulk channel, when there is one. */
+function offerBulk (bulk: BulkServer | undefined, tensors: Tensors[string][]): BulkTicket | undefined {
+  if (bulk === undefined) return undefined
+  const parts = tensorBytes(tensors)
+  if (parts.reduce((n, p) => n + p.byteLength, 0) < BULK_MIN_BYTES) return undefined
+  return bulk.offer(parts)
+}
+
+/** Tensors described by a header: read from this stream, or pulled over the bulk channel its ticket names. */
+async function receiveTensors (lp: LengthPrefixedStream, header: { tensors: TensorDesc[], bulk?: BulkTicket }, limits: WireLimits, what: string, remoteHost: string | undefined, signal: AbortSignal): Promise<Tensors> {
+  if (header.bulk === undefined) return (await readTensorBytes(lp, header.tensors, limits, what)).tensors
+  const t = header.bulk
+  if (t.id.byteLength !== 16 || t.key.byteLength !== 16 || t.port === 0 || t.port > 65535) throw new ProtocolError(`${what}: malformed bulk ticket`, 'ERR_BULK')
+  if (remoteHost === undefined) throw new ProtocolError(`${what}: bulk ticket but no address to pull from`, 'ERR_BULK')
+  // Checked and allocated before a byte is pulled, like the in-stream path.
+  const { tensors, targets, bytes } = allocateTensors(header.tensors, limits, what)
+  if (bytes !== t.bytes) throw new ProtocolError(`${what}: bulk ticket announces ${t.bytes} bytes, the tensors need ${bytes}`, 'ERR_BULK')
+  await bulkFetch(remoteHost, t, targets, signal)
+  return tensors
 }
