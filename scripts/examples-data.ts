@@ -15,6 +15,7 @@
  * file's order, are held out (test); training never sees them. A digit
  * with c samples keeps floor(0.8 c) for training and holds out the rest.
  */
+import { prng } from '../src/compute/random.ts'
 import { readFileSync } from 'node:fs'
 import { mkdir } from 'node:fs/promises'
 import { createRequire } from 'node:module'
@@ -33,17 +34,7 @@ export const TOPK_ITEMS = 50_000
 export const TOPK_DIMS = 64
 export const SEED = 20261105
 
-/** mulberry32: a small, well-mixed 32-bit PRNG; uniform in [0, 1). */
-export function prng (seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+export { prng }
 
 /** Standard normal samples (Box-Muller) as float32. */
 export function normals (n: number, seed: number): Float32Array {

@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { encodeNpy } from '../../src/compute/npy.ts'
+import { prng } from '../../src/compute/random.ts'
 import { followJob } from '../../src/node/cli-jobs.ts'
 import { ApiClient } from '../../src/node/client.ts'
 import type { HostTensor } from '../../src/compute/tensor.ts'
@@ -81,14 +82,8 @@ export async function runJob (api: string, op: string, inputs: Record<string, Ho
 export function randomTensor (shape: number[], seed: number): HostTensor {
   const n = shape.reduce((a, b) => a * b, 1)
   const data = new Float32Array(n)
-  let s = seed >>> 0
-  for (let i = 0; i < n; i++) {
-    s = (s + 0x6D2B79F5) >>> 0
-    let t = s
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    data[i] = (((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1
-  }
+  const random = prng(seed)
+  for (let i = 0; i < n; i++) data[i] = random() * 2 - 1
   return { dtype: 'float32', shape, data }
 }
 

@@ -1,4 +1,5 @@
 import { expect } from 'vitest'
+import { prng } from '../../src/compute/random.ts'
 import type { HostTensor } from '../../src/compute/tensor.ts'
 import type { JobPlan, Operator, ShardRange, ShardTask, Tensors, TF } from '../../src/compute/operators/types.ts'
 
@@ -8,17 +9,8 @@ import type { JobPlan, Operator, ShardRange, ShardTask, Tensors, TF } from '../.
  * in-process, or an ExecutorPool), and reduce in a shuffled order.
  */
 
-/** mulberry32, for cuts and orders that are the same on every run. */
-export function prng (seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+/** Cuts and orders that are the same on every run. */
+export { prng }
 
 /** `shards` non-empty ranges over [0, units) of uneven, seeded sizes (one at least 4x another when units allow). */
 export function unevenRanges (units: number, shards: number, seed: number): ShardRange[] {

@@ -1,8 +1,8 @@
 import { InvalidInputError, LimitExceededError, ProtocolError, TensormeshError } from '../../errors.ts'
-import { BYTES_PER_ELEMENT, describe, isDType, sizeOf } from '../tensor.ts'
+import { BYTES_PER_ELEMENT, describe, hostTensor, isDType, sizeOf } from '../tensor.ts'
 import { DEFAULT_MAX_TENSOR_BYTES } from '../limits.ts'
 import type { DType, HostTensor } from '../tensor.ts'
-import type { Params, ShardRange, Tensors } from './types.ts'
+import type { Params, Reducer, ShardRange } from './types.ts'
 
 /**
  * Checks shared by the operators. Everything here runs on data a hostile
@@ -153,4 +153,27 @@ export function checkPartial (op: string, partial: unknown, dtype: DType, shape:
     throw new ProtocolError(`${op}: partial is ${describe(t)} but ${describe({ dtype, shape: [...shape] })} was expected`, 'ERR_BAD_PARTIAL')
   }
   return t
+}
+
+/**
+ * The reducer of an operator whose output is its partials' rows in order
+ * (matmul, map, infer): preallocated, each partial copied straight in at
+ * its row offset, its shape checked first.
+ */
+export function rowsReducer (op: string, shape: readonly number[]): Reducer {
+  const rowElements = sizeOf(shape.slice(1))
+  const out = new Float32Array(sizeOf(shape))
+  const seen = new RangeSet(shape[0] ?? 0)
+  return {
+    add (range, partial) {
+      seen.check(op, range)
+      const p = checkPartial(op, partial, 'float32', [range.end - range.start, ...shape.slice(1)])
+      seen.add(op, range)
+      out.set(p.data, range.start * rowElements)
+    },
+    result () {
+      seen.requireComplete(op)
+      return hostTensor('float32', [...shape], out)
+    }
+  }
 }

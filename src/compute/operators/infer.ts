@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto'
 import { InvalidInputError } from '../../errors.ts'
 import { modelSignature, parameterCount, unpackModel } from '../model.ts'
 import { BYTES_PER_ELEMENT, describe, hostTensor, rowSize, rowSlice, sizeOf } from '../tensor.ts'
-import { checkDType, checkInputs, checkMinRank, checkOutputSize, checkParams, checkPartial, isPlainObject, RangeSet, requireInput } from './common.ts'
+import { checkDType, checkInputs, checkMinRank, checkOutputSize, checkParams, isPlainObject, requireInput, rowsReducer } from './common.ts'
 import type { LayersModel } from '@tensorflow/tfjs-layers'
 import type { Tensor } from '@tensorflow/tfjs-core'
 import type { ModelSignature } from '../model.ts'
@@ -198,21 +198,6 @@ export const infer: Operator<InferParams> = {
   },
 
   reducer (plan) {
-    const shape = plan.output.shape
-    const r = sizeOf(shape.slice(1))
-    const out = new Float32Array(sizeOf(shape))
-    const seen = new RangeSet(shape[0] as number)
-    return {
-      add (range, partial) {
-        seen.check(NAME, range)
-        const p = checkPartial(NAME, partial, 'float32', [range.end - range.start, ...shape.slice(1)])
-        seen.add(NAME, range)
-        out.set(p.data, range.start * r)
-      },
-      result () {
-        seen.requireComplete(NAME)
-        return hostTensor('float32', [...shape], out)
-      }
-    }
+    return rowsReducer(NAME, plan.output.shape)
   }
 }

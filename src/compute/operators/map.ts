@@ -1,6 +1,6 @@
 import { InvalidInputError } from '../../errors.ts'
-import { BYTES_PER_ELEMENT, hostTensor, rowSize, rowSlice, sizeOf } from '../tensor.ts'
-import { checkDType, checkInputs, checkMinRank, checkParams, checkPartial, isPlainObject, RangeSet, requireInput } from './common.ts'
+import { BYTES_PER_ELEMENT, hostTensor, rowSize, rowSlice } from '../tensor.ts'
+import { checkDType, checkInputs, checkMinRank, checkParams, isPlainObject, requireInput, rowsReducer } from './common.ts'
 import type { Tensor } from '@tensorflow/tfjs-core'
 import type { HostTensor } from '../tensor.ts'
 import type { JobPlan, Operator, Tensors, TF } from './types.ts'
@@ -121,21 +121,6 @@ export const map: Operator<MapParams> = {
   },
 
   reducer (plan) {
-    const shape = plan.output.shape
-    const r = sizeOf(shape.slice(1))
-    const out = new Float32Array(sizeOf(shape))
-    const seen = new RangeSet(shape[0] as number)
-    return {
-      add (range, partial) {
-        seen.check(NAME, range)
-        const p = checkPartial(NAME, partial, 'float32', [range.end - range.start, ...shape.slice(1)])
-        seen.add(NAME, range)
-        out.set(p.data, range.start * r)
-      },
-      result () {
-        seen.requireComplete(NAME)
-        return hostTensor('float32', [...shape], out)
-      }
-    }
+    return rowsReducer(NAME, plan.output.shape)
   }
 }

@@ -1,6 +1,6 @@
 import { InvalidInputError } from '../../errors.ts'
 import { BYTES_PER_ELEMENT, describe, hostTensor, rowSlice } from '../tensor.ts'
-import { checkDType, checkInputs, checkOutputSize, checkParams, checkPartial, RangeSet, requireInput } from './common.ts'
+import { checkDType, checkInputs, checkOutputSize, checkParams, requireInput, rowsReducer } from './common.ts'
 import type { HostTensor } from '../tensor.ts'
 import type { JobPlan, Operator, Params, Tensors } from './types.ts'
 
@@ -75,21 +75,6 @@ export const matmul: Operator<MatmulParams> = {
   },
 
   reducer (plan) {
-    const [m, n] = plan.output.shape as [number, number]
-    // Preallocated: each partial is copied straight in at its row offset.
-    const out = new Float32Array(m * n)
-    const seen = new RangeSet(m)
-    return {
-      add (range, partial) {
-        seen.check(NAME, range)
-        const p = checkPartial(NAME, partial, 'float32', [range.end - range.start, n])
-        seen.add(NAME, range)
-        out.set(p.data, range.start * n)
-      },
-      result () {
-        seen.requireComplete(NAME)
-        return hostTensor('float32', [m, n], out)
-      }
-    }
+    return rowsReducer(NAME, plan.output.shape)
   }
 }

@@ -1,4 +1,5 @@
 import { InvalidInputError } from '../../errors.ts'
+import { prng } from '../random.ts'
 import { hostTensor } from '../tensor.ts'
 import { checkDType, checkInputs, checkParams, checkPartial, RangeSet, requireInput } from './common.ts'
 import type { HostTensor } from '../tensor.ts'
@@ -275,15 +276,7 @@ export const mlpEval: Operator<GradParams> = {
 /** Glorot-uniform kernels and zero biases from a seeded generator, as TF.js's Dense defaults to (uniform variant). */
 export function initMlp (spec: MlpSpec, seed: number): Float32Array {
   const w = new Float32Array(mlpParamCount(spec.layers))
-  let state = seed >>> 0
-  const random = (): number => {
-    // mulberry32: small, fast, and the same on every machine.
-    state = (state + 0x6D2B79F5) >>> 0
-    let t = state
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
+  const random = prng(seed)
   let off = 0
   for (let i = 0; i + 1 < spec.layers.length; i++) {
     const a = spec.layers[i] ?? 0

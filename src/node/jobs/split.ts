@@ -45,7 +45,7 @@ export function apportion (units: number, bids: SplitBid[]): number[] {
     // Largest remainder, so integer shares sum exactly to what is left.
     const floors = ideal.map(Math.floor)
     let rest = left - floors.reduce((a, b) => a + b, 0)
-    const order = open.map((i, k) => ({ k, frac: (ideal[k] ?? 0) - (floors[k] ?? 0) })).sort((a, b) => b.frac - a.frac)
+    const order = open.map((_i, k) => ({ k, frac: (ideal[k] ?? 0) - (floors[k] ?? 0) })).sort((a, b) => b.frac - a.frac)
     for (const { k } of order) {
       if (rest <= 0) break
       floors[k] = (floors[k] ?? 0) + 1

@@ -97,14 +97,8 @@ export class RemoteShardError extends TensormeshError {
   }
 }
 
-/** What the peer-side handler gets: the checked header and the shard's task. */
-export interface IncomingShard {
-  jobId: string
-  index: number
-  attempt: number
-  start: number
-  end: number
-  task: ShardTask
+/** What the peer-side handler gets: the checked header, the shard's task and who sent it. */
+export interface IncomingShard extends OutgoingShard {
   from: PeerId
 }
 
@@ -211,6 +205,7 @@ export async function handleShardStream (stream: Stream, from: PeerId, execute: 
   }
 }
 
+/** One shard as the coordinator sends it. */
 export interface OutgoingShard {
   jobId: string
   index: number
