@@ -103,6 +103,11 @@ export async function followJob (client: ApiClient, id: string, onUpdate: (job: 
   return last?.finishedAt !== undefined ? last : await client.json<JobView>('GET', `/v1/jobs/${encodeURIComponent(id)}`)
 }
 
+/** What a job's progress counts: training rounds, or shards. */
+function unitOf (job: JobView): string {
+  return job.op === 'train' ? 'rounds' : 'shards'
+}
+
 export function progressLine (job: JobView, width = 30): string {
   const { done, total } = job.progress
   const frac = total === 0 ? 0 : done / total
@@ -110,7 +115,7 @@ export function progressLine (job: JobView, width = 30): string {
   const peers = new Set(job.shards.filter(s => s.state === 'running').map(s => s.history.at(-1)?.peer)).size
   const elapsed = (Date.now() - Date.parse(job.createdAt)) / 1000
   const eta = frac > 0 && frac < 1 ? ` eta ${(elapsed / frac - elapsed).toFixed(1)}s` : ''
-  return `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${done}/${total} shards, ${peers} peers working, ${elapsed.toFixed(1)}s${eta}`
+  return `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${done}/${total} ${unitOf(job)}, ${peers} peers working, ${elapsed.toFixed(1)}s${eta}`
 }
 
 export interface SubmitOptions {
@@ -134,7 +139,7 @@ export async function submitCommand (opts: SubmitOptions): Promise<number> {
       process.stderr.write(`\r${progressLine(j)}\u001b[K`)
     } else if (!opts.json && j.progress.done !== lastPlain) {
       lastPlain = j.progress.done
-      process.stderr.write(`${j.id} ${j.state} ${j.progress.done}/${j.progress.total} shards\n`)
+      process.stderr.write(`${j.id} ${j.state} ${j.progress.done}/${j.progress.total} ${unitOf(j)}\n`)
     }
   })
   if (tty) process.stderr.write('\n')
