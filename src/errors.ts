@@ -58,5 +58,10 @@ export function errorCode (err: unknown): string {
   if (err instanceof TensormeshError) return err.code
   const code = (err as { code?: unknown } | null)?.code
   if (typeof code === 'string') return code
+  // libp2p's errors carry a class name instead (StreamResetError -> ERR_STREAM_RESET).
+  const name = err instanceof Error ? err.name : ''
+  if (name !== '' && name !== 'Error' && /^[A-Za-z]+Error$/.test(name)) {
+    return 'ERR_' + name.slice(0, -5).replace(/([a-z0-9])([A-Z])/g, '$1_$2').toUpperCase()
+  }
   return 'ERR_INTERNAL'
 }

@@ -1,18 +1,24 @@
 // The raw-TCP baseline's other process: reads N bytes from one connection,
-// then answers one byte, so the sender times the whole transfer.
+// then answers one byte, so the sender times the whole transfer. With
+// `--store` it copies them into a fresh buffer as a received tensor would be
+// (a fresh 256 MiB buffer costs a page fault per 4 KiB page on first write).
 import { createServer } from 'node:net'
 
 const server = createServer((socket) => {
   let expected = -1
   let seen = 0
   let header = Buffer.alloc(0)
+  let store: Buffer | undefined
   socket.on('data', (chunk: Buffer) => {
     if (expected < 0) {
       header = Buffer.concat([header, chunk])
       if (header.length < 8) return
       expected = Number(header.readBigUInt64LE(0))
+      if (process.argv.includes('--store')) store = Buffer.allocUnsafeSlow(expected)
+      store?.set(header.subarray(8), 0)
       seen = header.length - 8
     } else {
+      if (store !== undefined) chunk.copy(store, seen)
       seen += chunk.length
     }
     if (seen >= expected) socket.end(Buffer.from([1]))

@@ -40,6 +40,9 @@ export const DEADLINE_BYTES_PER_SECOND = 20e6
  * typical time per unit so far. 1.5x lets ordinary jitter finish first.
  */
 export const BACKUP_SLOWDOWN = 1.5
+/** Shards over its in-flight limit a peer may be given to restart a failed shard at once. */
+export const RETRY_OVERCOMMIT = 1
+
 /** Never back up a shard younger than this: for tiny shards a copy costs more than waiting. */
 export const BACKUP_MIN_MS = 300
 /** How often stragglers are looked for while copies run. */
@@ -232,6 +235,7 @@ export class JobRun {
         this.launch(p, want.index, want.only !== undefined ? 'check' : run.failures > 0 ? 'retry' : run.ran.size > 0 ? 'replica' : 'first')
       }
     }
+    this.restartFailed()
     if (this.wants.length === 0 && this.i.backups) this.backups()
     const running = this.runs.some(r => r.copies.size > 0)
     if (!running && this.wants.length > 0) {
@@ -257,6 +261,27 @@ export class JobRun {
     }
     if (k < 0) return undefined
     return this.wants.splice(k, 1)[0]
+  }
+
+  /**
+   * A shard whose copy failed does not wait for a free slot: it starts at
+   * once on the least loaded peer that may take it, up to RETRY_OVERCOMMIT
+   * over that peer's limit, and queues there behind the work it has.
+   */
+  private restartFailed (): void {
+    for (const want of [...this.wants]) {
+      const run = this.runs[want.index]
+      if (run === undefined || run.failures === 0 || run.done) continue
+      let best: Participant | undefined
+      for (const p of this.participants.values()) {
+        if (p.excluded || run.ran.has(p.peer) || p.inflight >= p.limit + RETRY_OVERCOMMIT) continue
+        if (want.only !== undefined && want.only !== p.peer) continue
+        if (best === undefined || p.inflight / p.slots < best.inflight / best.slots || (p.inflight / p.slots === best.inflight / best.slots && p.rate > best.rate)) best = p
+      }
+      if (best === undefined) continue
+      this.wants.splice(this.wants.indexOf(want), 1)
+      this.launch(best, want.index, 'retry')
+    }
   }
 
   /** Idle peers re-run stragglers; the first result wins. */

@@ -230,13 +230,14 @@ export async function bulkFetch (host: string, ticket: BulkTicket, targets: Uint
     let frameLeft = -1
     let tag = Buffer.alloc(0)
     let decipher: DecipherGCM | undefined
-    const place = (plain: Uint8Array): void => {
+    const place = (plain: Buffer): void => {
       let p = 0
       while (p < plain.byteLength) {
         const target = targets[ti]
         if (target === undefined) throw new ProtocolError('bulk sender sent more bytes than announced', 'ERR_BULK')
         const n = Math.min(plain.byteLength - p, target.byteLength - toff)
-        target.set(plain.subarray(p, p + n), toff)
+        // Buffer#copy is a native memcpy; TypedArray#set from a Buffer view was a third of the profile.
+        plain.copy(target, toff, p, p + n)
         p += n
         toff += n
         if (toff === target.byteLength) { ti++; toff = 0 }
