@@ -13,7 +13,10 @@ import { availableParallelism, cpus, tmpdir, totalmem } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { Worker } from 'node:worker_threads'
+import { decodeNpy } from '../src/compute/npy.ts'
 import { ExecutorPool } from '../src/compute/pool.ts'
+import { prng } from '../src/compute/random.ts'
+import type { HostTensor } from '../src/compute/tensor.ts'
 import { ApiClient } from '../src/node/client.ts'
 import { createLogger, silentLogger } from '../src/node/log.ts'
 import { MeshNode } from '../src/node/mesh-node.ts'
@@ -347,7 +350,9 @@ async function faultsSection (): Promise<void> {
   const net = await Testnet.start(3, ['--workers', '1'])
   let clean = NaN
   try {
-    clean = jobMs(await runJob(net.node(0).api, 'matmul', { a, b }))
+    const first = await runJob(net.node(0).api, 'matmul', { a, b })
+    await checkSampledRows(net.node(0).api, first.id, a, b)
+    clean = jobMs(first)
     record({ section: 'faults', name: `matmul ${rows}x4096x4096 on a 3-node testnet, no fault`, value: clean, unit: 'ms', goal: '>= 10 s job' })
     const victim = net.node(2)
     let killedAt = 0
@@ -357,6 +362,7 @@ async function faultsSection (): Promise<void> {
         process.kill(victim.pid, 'SIGKILL')
       }
     })
+    await checkSampledRows(net.node(0).api, job.id, a, b)
     const killedMs = jobMs(job)
     record({ section: 'faults', name: 'same job, one of three workers SIGKILLed a third of the way in', value: killedMs, unit: 'ms', baseline: { name: 'no fault', value: clean, unit: 'ms' }, ratio: killedMs / clean, goal: '< 1.3x' })
     const restarts = job.shards.flatMap(s => s.history.some(h => h.peer === victim.peerId) ? s.history.filter(h => h.peer !== victim.peerId && h.startedAt >= killedAt).map(h => h.startedAt - killedAt) : [])
@@ -373,6 +379,36 @@ async function faultsSection (): Promise<void> {
   } finally {
     await slowNet.stop()
   }
+}
+
+/**
+ * The fault runs' products are too large to check whole against numpy in a
+ * benchmark; 16 seeded rows are checked against float64 dot products
+ * (relative error 1e-4 of the row's largest value), and a wrong row fails
+ * the section.
+ */
+async function checkSampledRows (api: string, id: string, a: HostTensor, b: HostTensor): Promise<void> {
+  const res = await new ApiClient(api).request('GET', `/v1/jobs/${id}/result`)
+  const out = decodeNpy(new Uint8Array(await res.arrayBuffer()), 'result')
+  const [m, k] = a.shape as [number, number]
+  const n = b.shape[1] ?? 0
+  const pick = prng(99)
+  for (let s = 0; s < 16; s++) {
+    const row = Math.floor(pick() * m)
+    const ref = new Float64Array(n)
+    for (let j = 0; j < k; j++) {
+      const av = a.data[row * k + j] ?? 0
+      for (let c = 0; c < n; c++) ref[c] = (ref[c] ?? 0) + av * (b.data[j * n + c] ?? 0)
+    }
+    let scale = 0
+    let diff = 0
+    for (let c = 0; c < n; c++) {
+      scale = Math.max(scale, Math.abs(ref[c] ?? 0))
+      diff = Math.max(diff, Math.abs((out.data[row * n + c] ?? 0) - (ref[c] ?? 0)))
+    }
+    if (diff > 1e-4 * scale) throw new Error(`job ${id}: row ${row} is wrong (max error ${diff} against ${scale})`)
+  }
+  log(`job ${id}: 16 sampled rows equal float64 references within 1e-4`)
 }
 
 const run: Record<string, () => Promise<void>> = {
