@@ -68,6 +68,8 @@ export interface VerifyPolicy {
 export interface Participant {
   peer: string
   local: boolean
+  /** When a copy on this peer last settled (performance.now()). */
+  lastSettledAt?: number
   /** Units per second this peer bid for the job (whole peer). */
   rate: number
   slots: number
@@ -81,6 +83,8 @@ interface Copy {
   ctl: AbortController
   attempt: ShardAttempt
   startedAt: number
+  /** Sent while all the peer's slots were busy: it waits in the peer's queue first. */
+  queued: boolean
 }
 
 interface ShardRun {
@@ -296,7 +300,8 @@ export class JobRun {
         if (run.done || run.copies.size === 0 || run.backups > 0 || run.ran.has(p.peer)) continue
         if (run.needed > 1 || run.spot) continue // replicated shards already run on several peers
         const units = run.rec.end - run.rec.start
-        const oldest = Math.min(...[...run.copies].map(c => c.startedAt))
+        // A copy that waited in its peer's queue started computing when the copy ahead of it settled.
+        const oldest = Math.min(...[...run.copies].map(c => c.queued ? Math.max(c.startedAt, c.participant.lastSettledAt ?? now) : c.startedAt))
         const elapsed = now - oldest
         if (elapsed < BACKUP_MIN_MS) continue
         const first = [...run.copies][0]?.participant
@@ -333,7 +338,7 @@ export class JobRun {
     rec.state = 'running'
     const attempt: ShardAttempt = { peer: p.peer, startedAt: Date.now(), kind }
     rec.history.push(attempt)
-    const copy: Copy = { participant: p, ctl: new AbortController(), attempt, startedAt: performance.now() }
+    const copy: Copy = { participant: p, ctl: new AbortController(), attempt, startedAt: performance.now(), queued: p.inflight >= p.slots }
     run.copies.add(copy)
     run.ran.add(p.peer)
     p.inflight++
@@ -370,6 +375,7 @@ export class JobRun {
   private settleCopy (run: ShardRun, copy: Copy, then: () => void): void {
     run.copies.delete(copy)
     copy.participant.inflight--
+    copy.participant.lastSettledAt = performance.now()
     if (!this.settled) then()
     this.i.job.progressed()
     this.pump()
