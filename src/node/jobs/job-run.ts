@@ -292,6 +292,24 @@ export class JobRun {
   private backups (): void {
     const now = performance.now()
     const perUnit = this.typicalMsPerUnit()
+    const ratioOf = (run: ShardRun, start: number): number => {
+      const units = run.rec.end - run.rec.start
+      const first = [...run.copies][0]?.participant
+      const expected = perUnit !== undefined ? perUnit * units : (units / (first?.rate ?? 1)) * 1000
+      return now - start < BACKUP_MIN_MS ? 0 : (now - start) / Math.max(expected, 1)
+    }
+    // Peers with a computing copy that straggles: whatever waits in their queue is late too.
+    const slowPeers = new Set<Participant>()
+    for (const run of this.runs) {
+      for (const c of run.copies) if (!c.queued && ratioOf(run, c.startedAt) > BACKUP_SLOWDOWN) slowPeers.add(c.participant)
+    }
+    // When a copy began computing: a copy sent into a busy peer's queue began when the copy ahead
+    // of it settled, unless that peer is itself slow, when its whole wait counts.
+    const startOf = (c: Copy): number | undefined => {
+      if (!c.queued || slowPeers.has(c.participant)) return c.startedAt
+      const settled = c.participant.lastSettledAt
+      return settled !== undefined && settled > c.startedAt ? settled : undefined
+    }
     for (const p of this.participants.values()) {
       if (p.excluded || p.inflight >= p.slots) continue
       let best: ShardRun | undefined
@@ -299,14 +317,9 @@ export class JobRun {
       for (const run of this.runs) {
         if (run.done || run.copies.size === 0 || run.backups > 0 || run.ran.has(p.peer)) continue
         if (run.needed > 1 || run.spot) continue // replicated shards already run on several peers
-        const units = run.rec.end - run.rec.start
-        // A copy that waited in its peer's queue started computing when the copy ahead of it settled.
-        const oldest = Math.min(...[...run.copies].map(c => c.queued ? Math.max(c.startedAt, c.participant.lastSettledAt ?? now) : c.startedAt))
-        const elapsed = now - oldest
-        if (elapsed < BACKUP_MIN_MS) continue
-        const first = [...run.copies][0]?.participant
-        const expected = perUnit !== undefined ? perUnit * units : (units / (first?.rate ?? 1)) * 1000
-        const ratio = elapsed / Math.max(expected, 1)
+        const starts = [...run.copies].map(startOf).filter((t): t is number => t !== undefined)
+        if (starts.length === 0) continue
+        const ratio = ratioOf(run, Math.min(...starts))
         if (ratio > worst) { worst = ratio; best = run }
       }
       if (best === undefined) return
