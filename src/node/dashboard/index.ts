@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises'
 import { HttpError } from '../api.ts'
 import type { ApiServer, PeerView } from '../api.ts'
-import type { JobState, JobView } from '../jobs/job.ts'
+import type { JobView } from '../jobs/job.ts'
 import type { MeshNode, NodeInfo } from '../mesh-node.ts'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 
@@ -36,18 +36,7 @@ export const MESH_HEARTBEAT_MS = 1000
 export const MESH_MAX_JOBS = 100
 
 /** A job without its shards and bids: what the dashboard's job list needs. */
-export interface JobSummary {
-  id: string
-  op: string
-  state: JobState
-  createdAt: string
-  startedAt?: string
-  finishedAt?: string
-  elapsedMs?: number
-  progress: { done: number, total: number }
-  output?: { dtype: string, shape: number[] }
-  error?: { code: string, message: string }
-  inputs: Record<string, { dtype: string, shape: number[] }>
+export interface JobSummary extends Pick<JobView, 'id' | 'op' | 'state' | 'createdAt' | 'startedAt' | 'finishedAt' | 'elapsedMs' | 'progress' | 'output' | 'error' | 'inputs'> {
   /** Distinct peers that ran or run a copy of a shard. */
   peers: number
   retries: number
