@@ -63,9 +63,11 @@ const commands: Command[] = [
   --advert-interval MS capacity advert period in ms (default 2000)
   --log-level LEVEL    fatal, error, warn, info, debug, trace (default info)
   --json               print one JSON line {peerId, multiaddrs, api} when ready
+  --no-bulk            keep every tensor byte on libp2p streams (no bulk channel beside them;
+                       for peers that cannot reach each other's bulk port)
   --inject FAULT       testing only: slow=FACTOR (shards for peers take FACTOR times as long)
                        or wrong (partials for peers are off by one); repeatable`,
-    options: { ...common, ...nodeOptions, inject: { type: 'string', multiple: true }, listen: { type: 'string', multiple: true }, api: { type: 'string' }, bootstrap: { type: 'string', multiple: true }, mdns: { type: 'boolean' } },
+    options: { ...common, ...nodeOptions, inject: { type: 'string', multiple: true }, 'no-bulk': { type: 'boolean' }, listen: { type: 'string', multiple: true }, api: { type: 'string' }, bootstrap: { type: 'string', multiple: true }, mdns: { type: 'boolean' } },
     run: runStart
   },
   {
@@ -243,6 +245,7 @@ export function nodeInit (values: Values): MeshNodeInit {
     workers: values.workers === undefined ? undefined : parseIntFlag(values.workers, '--workers', 1, 256),
     advertIntervalMs: values['advert-interval'] === undefined ? undefined : parseIntFlag(values['advert-interval'], '--advert-interval', 50, 600_000),
     faults: parseFaults(values.inject as string[] | undefined),
+    bulk: values['no-bulk'] !== true,
     logger: createLogger(logLevel)
   }
 }
