@@ -63,8 +63,9 @@ const commands: Command[] = [
   --advert-interval MS capacity advert period in ms (default 2000)
   --log-level LEVEL    fatal, error, warn, info, debug, trace (default info)
   --json               print one JSON line {peerId, multiaddrs, api} when ready
-  --no-bulk            keep every tensor byte on libp2p streams (no bulk channel beside them;
-                       for peers that cannot reach each other's bulk port)
+  --no-bulk            send every tensor byte on libp2p streams, offering no bulk channel
+                       (set it on every node of a mesh whose nodes cannot reach each
+                       other's bulk port)
   --inject FAULT       testing only: slow=FACTOR (shards for peers take FACTOR times as long)
                        or wrong (partials for peers are off by one); repeatable`,
     options: { ...common, ...nodeOptions, inject: { type: 'string', multiple: true }, 'no-bulk': { type: 'boolean' }, listen: { type: 'string', multiple: true }, api: { type: 'string' }, bootstrap: { type: 'string', multiple: true }, mdns: { type: 'boolean' } },
