@@ -206,3 +206,28 @@ describe('negotiation with peers that decline or vanish', () => {
     }
   })
 })
+
+describe('nodes without the bulk channel', () => {
+  let nodes: MeshNode[] = []
+
+  afterAll(async () => {
+    await stopAll(nodes)
+  })
+
+  it('move large shards on libp2p streams, intact', async () => {
+    nodes = await startMesh(2, () => ({ bulk: false }))
+    const [coord, peer] = nodes as [MeshNode, MeshNode]
+    expect(coord.info().bulk).toBeNull()
+    const rows = 2048
+    const cols = 2048
+    const data = new Float32Array(rows * cols)
+    for (let i = 0; i < data.length; i++) data[i] = (i % 777) - 300
+    const job = coord.submit({ op: 'map', inputs: { x: { dtype: 'float32', shape: [rows, cols], data } }, params: { ops: [{ op: 'mul', value: 2 }] }, schedule: { shardsPerPeer: 1 } })
+    const out = await job.result()
+    let wrong = 0
+    for (let i = 0; i < data.length; i++) if (out.data[i] !== 2 * (data[i] ?? 0)) wrong++
+    expect(wrong).toBe(0)
+    const remote = job.shards.find(s => s.peer === peer.peerId.toString())
+    expect(remote?.bytesOut).toBeGreaterThanOrEqual(4 * 1024 * 1024)
+  })
+})
