@@ -183,6 +183,9 @@ describe('a coordinator that dies', () => {
       return n
     }
     await followUntil(c.api, submitted.id, (j) => j.shards.filter(s => s.state === 'running').length >= 2)
+    // A peer counts a shard once its inputs have arrived; the job record says "running" from the send.
+    const started = Date.now() + 5000
+    while (await serving() === 0 && Date.now() < started) await new Promise(resolve => setTimeout(resolve, 50))
     expect(await serving()).toBeGreaterThan(0)
     coord.kill('SIGKILL')
     await exited(coord)
