@@ -324,7 +324,11 @@ export class JobManager {
    */
   stop (): void {
     this.accepting = false
-    for (const job of this.jobs.values()) job.cancel()
+    for (const job of this.jobs.values()) {
+      // The record as it stands (attempts in flight included) is what a restart resumes from.
+      if (!job.finished) this.journal?.updated(job)
+      job.cancel()
+    }
   }
 
   private checkInputLimits (inputs: Tensors): void {
