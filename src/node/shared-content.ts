@@ -11,48 +11,80 @@ import type { PeerId } from '@libp2p/interface'
  */
 export const MAX_TENSOR_CACHE_BYTES = 1024 * 1024 * 1024
 
+/** Bytes with their content address. */
+interface Addressed {
+  cid: string
+  bytes: Uint8Array
+}
+
 /**
- * The coordinator's side of content addressing for one job: shared inputs
- * and blobs get a CID once, and this node serves their bytes to peers until
- * the job ends.
+ * A coordinator's memory of what it has addressed: a tensor's .npy bytes and
+ * CID, kept for as long as the tensor itself lives. A training job sends the
+ * same data array every round; it is encoded and hashed once, not once a round.
  */
-export class JobShares {
-  private readonly store: BlobStore
-  private readonly tensors = new WeakMap<TensorData, Promise<string>>()
-  private readonly blobs = new WeakMap<Uint8Array, Promise<string>>()
-  private readonly releases: Array<() => void> = []
+export class ContentIndex {
+  private readonly tensors = new WeakMap<TensorData, Promise<Addressed>>()
+  private readonly blobs = new WeakMap<Uint8Array, Promise<Addressed>>()
 
-  constructor (store: BlobStore) {
-    this.store = store
-  }
-
-  async tensorRef (t: HostTensor): Promise<string> {
+  async tensor (t: HostTensor): Promise<Addressed> {
     let p = this.tensors.get(t.data)
     if (p === undefined) {
-      p = this.publish(encodeNpy(t))
+      p = address(encodeNpy(t))
       this.tensors.set(t.data, p)
     }
     return await p
   }
 
-  async blobRef (bytes: Uint8Array): Promise<string> {
+  async blob (bytes: Uint8Array): Promise<Addressed> {
     let p = this.blobs.get(bytes)
     if (p === undefined) {
-      p = this.publish(bytes)
+      p = address(bytes)
       this.blobs.set(bytes, p)
     }
     return await p
+  }
+}
+
+async function address (bytes: Uint8Array): Promise<Addressed> {
+  return { cid: await cidOf(bytes), bytes }
+}
+
+/**
+ * The coordinator's side of content addressing for one job: shared inputs
+ * and blobs are addressed through the node's index, and this node serves
+ * their bytes to peers until the job ends.
+ */
+export class JobShares {
+  private readonly store: BlobStore
+  private readonly index: ContentIndex
+  private readonly served = new Set<string>()
+  private readonly releases: Array<() => void> = []
+
+  constructor (store: BlobStore, index: ContentIndex) {
+    this.store = store
+    this.index = index
+  }
+
+  async tensorRef (t: HostTensor): Promise<string> {
+    return this.serve(await this.index.tensor(t))
+  }
+
+  async blobRef (bytes: Uint8Array): Promise<string> {
+    return this.serve(await this.index.blob(bytes))
   }
 
   /** Stop serving this job's content. */
   release (): void {
     for (const r of this.releases.splice(0)) r()
+    this.served.clear()
   }
 
-  private async publish (bytes: Uint8Array): Promise<string> {
-    const cid = await cidOf(bytes)
-    this.releases.push(this.store.provide(cid, () => bytes))
-    return cid
+  private serve (a: Addressed): string {
+    if (!this.served.has(a.cid)) {
+      this.served.add(a.cid)
+      this.releases.push(this.store.provide(a.cid, () => a.bytes))
+    }
+    return a.cid
   }
 }
 

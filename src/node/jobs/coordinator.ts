@@ -4,7 +4,7 @@ import { getOperator } from '../../compute/operators/index.ts'
 import { requestBid } from '../../protocol/bid/index.ts'
 import { planShards, DEFAULT_SHARDS_PER_PEER } from './split.ts'
 import { JobRun, MAX_INFLIGHT_PER_PEER, short } from './job-run.ts'
-import { JobShares } from '../shared-content.ts'
+import { ContentIndex, JobShares } from '../shared-content.ts'
 import type { Job } from './job.ts'
 import type { Participant } from './job-run.ts'
 import type { SplitBid } from './split.ts'
@@ -65,6 +65,8 @@ export interface RunOptions {
 export class Coordinator {
   private readonly c: CoordinatorComponents
   private readonly init: CoordinatorInit
+  /** Shared inputs' bytes and CIDs, across this node's jobs (training rounds reuse their data). */
+  private readonly content = new ContentIndex()
 
   constructor (components: CoordinatorComponents, init: CoordinatorInit) {
     this.c = components
@@ -111,7 +113,7 @@ export class Coordinator {
       })
       options.onPlanned?.(job)
       job.progressed()
-      const shares = new JobShares(this.c.blobs)
+      const shares = new JobShares(this.c.blobs, this.content)
       const run = new JobRun({ ...this.c, shares }, {
         job, op, inputs, participants, preferred, verify: job.verify, backups: job.schedule.backups !== false, limits: this.init.limits,
         completed: options.completed,
