@@ -436,7 +436,9 @@ for (const s of sections) {
 const machine = `${cpus()[0]?.model ?? 'unknown CPU'}, ${availableParallelism()} cores, ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}`
 const result = { date: new Date(started).toISOString(), machine, seconds: Math.round((Date.now() - started) / 1000), sections, figures }
 await mkdir(new URL('../bench/', import.meta.url), { recursive: true })
-await writeFile(new URL('../bench/results.json', import.meta.url), JSON.stringify(result, null, 2) + '\n')
+// Only a run of every section replaces the committed results; --only writes beside them.
+const stem = values.only === undefined ? 'results' : 'results.partial'
+await writeFile(new URL(`../bench/${stem}.json`, import.meta.url), JSON.stringify(result, null, 2) + '\n')
 const fmt = (v: number): string => Number.isFinite(v) ? String(round(v)) : '-'
 const md = [
   '# tensormesh benchmark results',
@@ -451,7 +453,7 @@ const md = [
   ...figures.map(f => `| ${f.section} | ${f.name} | ${fmt(f.value)} ${f.unit} | ${f.baseline !== undefined ? `${f.baseline.name}: ${fmt(f.baseline.value)} ${f.baseline.unit}` : ''} | ${f.ratio !== undefined ? fmt(f.ratio) : ''} | ${f.goal ?? ''} | ${f.note ?? ''} |`),
   ''
 ].join('\n')
-await writeFile(new URL('../bench/results.md', import.meta.url), md)
-log(`wrote bench/results.json and bench/results.md in ${result.seconds} s`)
+await writeFile(new URL(`../bench/${stem}.md`, import.meta.url), md)
+log(`wrote bench/${stem}.json and bench/${stem}.md in ${result.seconds} s`)
 process.exit(0)
 
