@@ -2,15 +2,7 @@ import { describe, expect, it } from 'vitest'
 import { BACKEND_CANDIDATES, BACKEND_NAMES, loadBackend, parseBackendChoice, resolveBackend } from '../../src/compute/backend.ts'
 import type { BackendCandidate, BackendName } from '../../src/compute/backend.ts'
 import type { TF } from '../../src/compute/operators/types.ts'
-
-async function codeOf (p: Promise<unknown>): Promise<string | undefined> {
-  try {
-    await p
-  } catch (err) {
-    return (err as { code?: string }).code
-  }
-  return undefined
-}
+import { asyncCodeOf as codeOf } from '../helpers/codes.ts'
 
 /** Candidates that load or not as told, to test the ordering without the machine's packages. */
 function fake (loads: Partial<Record<BackendName, boolean>>): BackendCandidate[] {

@@ -2,7 +2,7 @@ import { execFileSync } from 'node:child_process'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { mnistDigitsDir } from '../../scripts/examples-data.ts'
-import { numpy, tempDir } from './numpy.ts'
+import { python as numpy, tempDir } from '../helpers/numpy.ts'
 
 /**
  * scripts/examples-data.ts run as `npm run examples:data` runs it, into a

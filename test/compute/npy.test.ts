@@ -3,28 +3,11 @@ import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
 import { decodeNpy, encodeNpy, readNpyFile, writeNpyFile } from '../../src/compute/npy.ts'
 import { hostTensor } from '../../src/compute/tensor.ts'
-import { numpy, tempDir } from './numpy.ts'
+import { python as numpy, tempDir } from '../helpers/numpy.ts'
+import { codeOf, asyncCodeOf } from '../helpers/codes.ts'
 
 const { dir, cleanup } = tempDir()
 afterAll(cleanup)
-
-function codeOf (fn: () => unknown): string | undefined {
-  try {
-    fn()
-  } catch (err) {
-    return (err as { code?: string }).code
-  }
-  return undefined
-}
-
-async function asyncCodeOf (p: Promise<unknown>): Promise<string | undefined> {
-  try {
-    await p
-  } catch (err) {
-    return (err as { code?: string }).code
-  }
-  return undefined
-}
 
 describe('reading files numpy wrote', () => {
   // descr numpy writes, numpy expression, our dtype

@@ -4,9 +4,10 @@ import { loadBackend } from '../../src/compute/backend.ts'
 import { readNpyFile } from '../../src/compute/npy.ts'
 import { getOperator, map, matmul, MAX_MAP_OPS, operatorNames, reduce } from '../../src/compute/operators/index.ts'
 import { hostTensor } from '../../src/compute/tensor.ts'
-import { maxRelativeError, numpy, tempDir } from './numpy.ts'
+import { maxRelativeError, python as numpy, tempDir } from '../helpers/numpy.ts'
 import type { HostTensor } from '../../src/compute/tensor.ts'
 import type { Operator, ShardRange, Tensors, TF } from '../../src/compute/operators/types.ts'
+import { codeOf } from '../helpers/codes.ts'
 
 /**
  * Each operator end to end in this process: plan, shard into uneven ranges,
@@ -45,15 +46,6 @@ async function runJob<P> (op: Operator<P>, inputs: Tensors, params: unknown, cut
   expect(out.dtype).toBe(plan.output.dtype)
   expect(out.shape).toEqual(plan.output.shape)
   return out
-}
-
-function codeOf (fn: () => unknown): string | undefined {
-  try {
-    fn()
-  } catch (err) {
-    return (err as { code?: string }).code
-  }
-  return undefined
 }
 
 const f32 = (shape: number[], fill = 0): HostTensor => hostTensor('float32', shape, new Float32Array(shape.reduce((a, b) => a * b, 1)).fill(fill))

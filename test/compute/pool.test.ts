@@ -6,20 +6,12 @@ import { readNpyFile } from '../../src/compute/npy.ts'
 import { matmul } from '../../src/compute/operators/index.ts'
 import { ExecutorPool } from '../../src/compute/pool.ts'
 import { hostTensor } from '../../src/compute/tensor.ts'
-import { maxRelativeError, numpy, tempDir } from './numpy.ts'
+import { maxRelativeError, python as numpy, tempDir } from '../helpers/numpy.ts'
 import type { PoolLoad, RunResult } from '../../src/compute/pool.ts'
 import type { ShardTask } from '../../src/compute/operators/types.ts'
+import { asyncCodeOf as codeOf } from '../helpers/codes.ts'
 
 const TEST_WORKER = new URL('./fixtures/test-worker.ts', import.meta.url)
-
-async function codeOf (p: Promise<unknown>): Promise<string | undefined> {
-  try {
-    await p
-  } catch (err) {
-    return (err as { code?: string }).code
-  }
-  return undefined
-}
 
 /**
  * The test's end of the fixture worker's BroadcastChannel: learn when a

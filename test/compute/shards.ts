@@ -60,21 +60,3 @@ export async function runSharded<P> (op: Operator<P>, inputs: Tensors, params: u
   expect(out.shape).toEqual(plan.output.shape)
   return { out, plan }
 }
-
-export function codeOf (fn: () => unknown): string | undefined {
-  try {
-    fn()
-  } catch (err) {
-    return (err as { code?: string }).code
-  }
-  return undefined
-}
-
-export async function asyncCodeOf (p: Promise<unknown>): Promise<string | undefined> {
-  try {
-    await p
-  } catch (err) {
-    return (err as { code?: string }).code
-  }
-  return undefined
-}
