@@ -44,13 +44,21 @@ export function alive (pid: number): boolean {
 }
 
 /** Resolves once every pid has exited, or rejects after timeoutMs naming the survivors. */
-export async function waitGone (pids: number[], timeoutMs: number): Promise<void> {
+/**
+ * Polls `check` every 50 ms until it holds; throws `what` after timeoutMs.
+ * For another process's state, which sends no event here (its HTTP API, its pid).
+ */
+export async function pollUntil (check: () => Promise<boolean> | boolean, timeoutMs: number, what: string): Promise<void> {
   const until = Date.now() + timeoutMs
-  // No event tells us a non-child process died: poll kill(pid, 0).
-  while (pids.some(alive)) {
-    if (Date.now() > until) throw new Error(`still running after ${timeoutMs} ms: ${pids.filter(alive).join(', ')}`)
+  while (!(await check())) {
+    if (Date.now() > until) throw new Error(`${what} (after ${timeoutMs} ms)`)
     await new Promise(resolve => setTimeout(resolve, 50))
   }
+}
+
+export async function waitGone (pids: number[], timeoutMs: number): Promise<void> {
+  // No event tells us a non-child process died: poll kill(pid, 0).
+  await pollUntil(() => !pids.some(alive), timeoutMs, `still running: ${pids.filter(alive).join(', ')}`)
 }
 
 export async function exited (child: ChildProcess): Promise<number | null> {

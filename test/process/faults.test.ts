@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { decodeNpy } from '../../src/compute/npy.ts'
 import { followJob, jobForm, readJobFile } from '../../src/node/cli-jobs.ts'
 import { ApiClient } from '../../src/node/client.ts'
-import { alive, exited, startCli } from '../helpers/cli.ts'
+import { alive, exited, pollUntil, startCli } from '../helpers/cli.ts'
 import { load, numpy, relError } from '../helpers/numpy.ts'
 import type { NodeInfo } from '../../src/node/mesh-node.ts'
 import type { JobView } from '../../src/node/jobs/job.ts'
@@ -143,7 +143,7 @@ describe('a coordinator that dies', () => {
     started.push(child)
     const api = (JSON.parse(line) as { api: string }).api
     // Wait until it sees both peers, as a user would check with `peers`.
-    for (let i = 0; i < 200 && (await new ApiClient(api).peers()).length < 2; i++) await new Promise(resolve => setTimeout(resolve, 50))
+    await pollUntil(async () => (await new ApiClient(api).peers()).length >= 2, 10_000, 'the coordinator does not see both peers')
     return { child, api }
   }
 
@@ -184,14 +184,11 @@ describe('a coordinator that dies', () => {
     }
     await followUntil(c.api, submitted.id, (j) => j.shards.filter(s => s.state === 'running').length >= 2)
     // A peer counts a shard once its inputs have arrived; the job record says "running" from the send.
-    const started = Date.now() + 5000
-    while (await serving() === 0 && Date.now() < started) await new Promise(resolve => setTimeout(resolve, 50))
-    expect(await serving()).toBeGreaterThan(0)
+    await pollUntil(async () => await serving() > 0, 5000, 'no peer is running the job\'s shards')
     coord.kill('SIGKILL')
     await exited(coord)
     // The lease is the stream: a dead coordinator's connection closes and the peers drop its shards.
-    const until = Date.now() + 3000
-    while (await serving() > 0 && Date.now() < until) await new Promise(resolve => setTimeout(resolve, 50))
+    await pollUntil(async () => await serving() === 0, 3000, 'peers still run the dead coordinator\'s shards')
     expect(await serving()).toBe(0)
   })
 })
