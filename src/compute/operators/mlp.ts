@@ -183,95 +183,97 @@ async function registerGradients (): Promise<void> {
   await gradients
 }
 
-export const mlpGrad: Operator<GradParams> = {
-  name: 'mlp-grad',
-  plan (inputs, params) {
-    const n = mlpParamCount(checkMlpSpec('mlp-grad', params).layers)
-    return planFor('mlp-grad', inputs, params, n + 2, 3)
-  },
-  shard (plan, inputs, range) {
-    return shardTask('mlp-grad', plan, inputs, range)
-  },
-  validateTask (task) {
-    const { start, end } = checkTask('mlp-grad', task.params, task.inputs)
-    return end - start
-  },
-  async map (tf, task) {
-    const { spec, x, y, w, start, end } = checkTask('mlp-grad', task.params, task.inputs)
-    await registerGradients()
-    const features = spec.layers[0] ?? 0
-    const classes = spec.layers.at(-1) ?? 0
-    const n = mlpParamCount(spec.layers)
-    const out = new Float32Array(n + 2)
-    const weights = unflatten(tf, spec, w.data as Float32Array)
-    try {
-      const { value, grads } = tf.tidy(() => {
-        const xs = tf.tensor2d((x.data as Float32Array).subarray(start * features, end * features), [end - start, features])
-        const labels = tf.oneHot(tf.tensor1d((y.data as Int32Array).subarray(start, end), 'int32'), classes)
-        // Summed (not mean) cross-entropy, so partials from uneven shards add up exactly.
-        const f = (...ws: Array<import('@tensorflow/tfjs-core').Tensor>): import('@tensorflow/tfjs-core').Scalar =>
-          tf.sum(tf.losses.softmaxCrossEntropy(labels, logits(tf, spec, xs, ws), undefined, undefined, tf.Reduction.NONE))
-        const g = tf.valueAndGrads(f)(weights)
-        return { value: g.value, grads: g.grads }
-      })
-      let off = 0
-      for (const g of grads) {
-        const data = await g.data<'float32'>()
-        out.set(data, off)
-        off += data.length
-        g.dispose()
-      }
-      out[n] = (await value.data())[0] ?? 0
-      out[n + 1] = end - start
-      value.dispose()
-    } finally {
-      for (const t of weights) t.dispose()
+type Checked = ReturnType<typeof checkTask>
+
+/**
+ * The two MLP operators differ only in what a shard computes over its rows
+ * and how long that vector is; planning, sharding, validation and the
+ * summing reducer are the same.
+ */
+function mlpOperator (name: string, length: (spec: MlpSpec) => number, flopsFactor: number, compute: (tf: TF, c: Checked) => Promise<Float32Array>): Operator<GradParams> {
+  return {
+    name,
+    plan (inputs, params) {
+      return planFor(name, inputs, params, length(checkMlpSpec(name, params)), flopsFactor)
+    },
+    shard (plan, inputs, range) {
+      return shardTask(name, plan, inputs, range)
+    },
+    validateTask (task) {
+      const { start, end } = checkTask(name, task.params, task.inputs)
+      return end - start
+    },
+    async map (tf, task) {
+      const c = checkTask(name, task.params, task.inputs)
+      return { out: hostTensor('float32', [length(c.spec)], await compute(tf, c)) }
+    },
+    reducer (plan) {
+      return sumReducer(name, plan.units, plan.output.shape[0] ?? 0)
     }
-    return { out: hostTensor('float32', [n + 2], out) }
-  },
-  reducer (plan) {
-    return sumReducer('mlp-grad', plan.units, plan.output.shape[0] ?? 0)
   }
 }
 
-export const mlpEval: Operator<GradParams> = {
-  name: 'mlp-eval',
-  plan (inputs, params) {
-    return planFor('mlp-eval', inputs, params, 2, 1)
-  },
-  shard (plan, inputs, range) {
-    return shardTask('mlp-eval', plan, inputs, range)
-  },
-  validateTask (task) {
-    const { start, end } = checkTask('mlp-eval', task.params, task.inputs)
-    return end - start
-  },
-  async map (tf, task) {
-    const { spec, x, y, w, start, end } = checkTask('mlp-eval', task.params, task.inputs)
-    const features = spec.layers[0] ?? 0
-    const classes = spec.layers.at(-1) ?? 0
-    const weights = unflatten(tf, spec, w.data as Float32Array)
-    try {
-      const [correct, loss] = tf.tidy(() => {
-        const xs = tf.tensor2d((x.data as Float32Array).subarray(start * features, end * features), [end - start, features])
-        const ys = tf.tensor1d((y.data as Int32Array).subarray(start, end), 'int32')
-        const z = logits(tf, spec, xs, weights)
-        const hits = tf.sum(tf.cast(tf.equal(tf.argMax(z, 1), ys), 'float32'))
-        const l = tf.sum(tf.losses.softmaxCrossEntropy(tf.oneHot(ys, classes), z, undefined, undefined, tf.Reduction.NONE))
-        return [hits, l]
-      })
-      const out = Float32Array.from([(await correct.data())[0] ?? 0, (await loss.data())[0] ?? 0])
-      correct.dispose()
-      loss.dispose()
-      return { out: hostTensor('float32', [2], out) }
-    } finally {
-      for (const t of weights) t.dispose()
-    }
-  },
-  reducer (plan) {
-    return sumReducer('mlp-eval', plan.units, 2)
+/** Rows [start, end) of x and y as tensors (call inside tf.tidy). */
+function rows (tf: TF, { spec, x, y, start, end }: Checked): { xs: import('@tensorflow/tfjs-core').Tensor2D, ys: import('@tensorflow/tfjs-core').Tensor1D } {
+  const features = spec.layers[0] ?? 0
+  return {
+    xs: tf.tensor2d((x.data as Float32Array).subarray(start * features, end * features), [end - start, features]),
+    ys: tf.tensor1d((y.data as Int32Array).subarray(start, end), 'int32')
   }
 }
+
+/** [summed gradient (P), summed loss, row count]. Forward and backward: ~3x the forward's flops. */
+export const mlpGrad = mlpOperator('mlp-grad', spec => mlpParamCount(spec.layers) + 2, 3, async (tf, c) => {
+  await registerGradients()
+  const classes = c.spec.layers.at(-1) ?? 0
+  const n = mlpParamCount(c.spec.layers)
+  const out = new Float32Array(n + 2)
+  const weights = unflatten(tf, c.spec, c.w.data as Float32Array)
+  try {
+    const { value, grads } = tf.tidy(() => {
+      const { xs, ys } = rows(tf, c)
+      const labels = tf.oneHot(ys, classes)
+      // Summed (not mean) cross-entropy, so partials from uneven shards add up exactly.
+      const f = (...ws: Array<import('@tensorflow/tfjs-core').Tensor>): import('@tensorflow/tfjs-core').Scalar =>
+        tf.sum(tf.losses.softmaxCrossEntropy(labels, logits(tf, c.spec, xs, ws), undefined, undefined, tf.Reduction.NONE))
+      return tf.valueAndGrads(f)(weights)
+    })
+    let off = 0
+    for (const g of grads) {
+      const data = await g.data<'float32'>()
+      out.set(data, off)
+      off += data.length
+      g.dispose()
+    }
+    out[n] = (await value.data())[0] ?? 0
+    out[n + 1] = c.end - c.start
+    value.dispose()
+  } finally {
+    for (const t of weights) t.dispose()
+  }
+  return out
+})
+
+/** [correct predictions, summed loss] over held-out rows. */
+export const mlpEval = mlpOperator('mlp-eval', () => 2, 1, async (tf, c) => {
+  const classes = c.spec.layers.at(-1) ?? 0
+  const weights = unflatten(tf, c.spec, c.w.data as Float32Array)
+  try {
+    const [correct, loss] = tf.tidy(() => {
+      const { xs, ys } = rows(tf, c)
+      const z = logits(tf, c.spec, xs, weights)
+      const hits = tf.sum(tf.cast(tf.equal(tf.argMax(z, 1), ys), 'float32'))
+      const l = tf.sum(tf.losses.softmaxCrossEntropy(tf.oneHot(ys, classes), z, undefined, undefined, tf.Reduction.NONE))
+      return [hits, l]
+    })
+    const out = Float32Array.from([(await correct.data())[0] ?? 0, (await loss.data())[0] ?? 0])
+    correct.dispose()
+    loss.dispose()
+    return out
+  } finally {
+    for (const t of weights) t.dispose()
+  }
+})
 
 /** Glorot-uniform kernels and zero biases from a seeded generator, as TF.js's Dense defaults to (uniform variant). */
 export function initMlp (spec: MlpSpec, seed: number): Float32Array {
