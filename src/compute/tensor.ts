@@ -70,11 +70,6 @@ export function ownsBuffer (data: TensorData): boolean {
   return data.byteOffset === 0 && data.byteLength === data.buffer.byteLength && !(data.buffer instanceof SharedArrayBuffer)
 }
 
-/** A copy that owns its buffer (for transfer to a worker). */
-export function cloneTensor (t: HostTensor): HostTensor {
-  return { dtype: t.dtype, shape: [...t.shape], data: t.data.slice() }
-}
-
 export function describe (t: Pick<HostTensor, 'dtype' | 'shape'>): string {
   return `${t.dtype}[${t.shape.join(', ')}]`
 }

@@ -18,7 +18,6 @@ import type { Libp2p } from '@libp2p/interface'
 import type { BlobStore } from '../blob-store.ts'
 import type { BulkServer } from '../../protocol/bulk/index.ts'
 
-export { MAX_SHARD_ATTEMPTS, MAX_INFLIGHT_PER_PEER, DEADLINE_FACTOR, DEADLINE_SLACK_MS } from './job-run.ts'
 
 export interface CoordinatorComponents {
   libp2p: Libp2p
