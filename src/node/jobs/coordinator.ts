@@ -101,6 +101,7 @@ export class Coordinator {
         const planned = planShards(plan.units, split, job.schedule.shardsPerPeer ?? this.init.shardsPerPeer ?? DEFAULT_SHARDS_PER_PEER)
         job.shards = planned.map(s => ({ index: s.index, start: s.start, end: s.end, state: 'pending', attempts: 0, bytesIn: 0, bytesOut: 0, history: [] }))
         preferred = planned.map(s => s.preferred)
+        for (const b of job.bids) if (b.accept) b.planned = preferred.filter(p => p === b.peer).length
       } else {
         // A resumed job keeps its shards; whoever is free takes them.
         preferred = job.shards.map(() => '')
@@ -123,6 +124,7 @@ export class Coordinator {
         job.finish('succeeded', await run.run())
       } finally {
         shares.release()
+        explainUnused(job, participants)
       }
     } catch (err) {
       if (job.finished) return // cancelled meanwhile
@@ -152,5 +154,24 @@ export class Coordinator {
       ...(b.answer?.accept === true ? { unitsPerSecond: b.answer.unitsPerSecond } : { reason: b.answer?.reason ?? `no answer: ${'error' in b ? String(b.error) : ''}` })
     }))
     return all
+  }
+}
+
+/**
+ * Completes the job's bid records: how many shards each accepting peer ran
+ * and, for one that ran none, why (a user reading the record should never
+ * have to guess why an idle, healthy peer sat a job out).
+ */
+export function explainUnused (job: Job, participants: Participant[]): void {
+  for (const b of job.bids) {
+    if (!b.accept) continue
+    b.ran = job.shards.filter(s => s.peer === b.peer).length
+    if (b.ran > 0) { delete b.unused; continue }
+    const p = participants.find(q => q.peer === b.peer)
+    const failed = job.shards.flatMap(s => s.history).find(h => h.peer === b.peer && h.error !== undefined && h.error.code !== 'ERR_SUPERSEDED')
+    if (p?.excluded === true) b.unused = `excluded from the job after a failed copy${failed?.error !== undefined ? ` (${failed.error.code})` : ''}`
+    else if (b.planned === 0) b.unused = `its share of the job's ${job.plan?.units ?? 0} units rounded to zero shards`
+    else if (job.state !== 'succeeded') b.unused = 'the job stopped before it supplied a partial'
+    else b.unused = `other peers finished its ${b.planned ?? 0} shard(s) first (stolen while it was busy, or a backup copy won)`
   }
 }

@@ -70,7 +70,14 @@ export interface BidRecord {
   peer: string
   accept: boolean
   unitsPerSecond?: number
+  /** Why it declined or gave no answer. */
   reason?: string
+  /** Accepting peers: shards the split cut for it (absent for a job resumed with its old split). */
+  planned?: number
+  /** Accepting peers, once the job ends: shards whose partial it supplied. */
+  ran?: number
+  /** An accepting peer that supplied no partial: why. */
+  unused?: string
 }
 
 /** The JSON form of a job (GET /v1/jobs/:id). */
