@@ -1,7 +1,7 @@
 import { peerIdFromString } from '@libp2p/peer-id'
 import { TensormeshError, errorCode, errorMessage } from '../../errors.ts'
 import { sendShard } from '../../protocol/shard/index.ts'
-import type { RefPublisher } from '../../protocol/shard/index.ts'
+import type { OutgoingShard, RefPublisher, ShardOutcome } from '../../protocol/shard/index.ts'
 import type { BulkServer } from '../../protocol/bulk/index.ts'
 import { peerText } from '../../protocol/sanitize.ts'
 import type { Job, ShardAttempt, ShardRecord } from './job.ts'
@@ -12,6 +12,7 @@ import type { WireLimits } from '../../protocol/limits.ts'
 import type { Logger } from '../log.ts'
 import type { PeerDirectory } from '../peer-directory.ts'
 import type { Libp2p } from '@libp2p/interface'
+import { PaceModel } from './pace.ts'
 
 /** DESIGN: a failed shard goes to another peer, up to three attempts in all. */
 export const MAX_SHARD_ATTEMPTS = 3
@@ -36,8 +37,9 @@ export const DEADLINE_BYTES_PER_SECOND = 20e6
 
 /**
  * Backup copies (MapReduce's "backup tasks"): once no shard waits, an idle
- * peer re-runs a running shard that has taken this many times the job's
- * typical time per unit so far. 1.5x lets ordinary jitter finish first.
+ * peer re-runs a running copy that has taken this many times what the same
+ * work costs on its own peer, transfer included (`pace.ts`). 1.5x lets
+ * ordinary jitter finish first.
  */
 export const BACKUP_SLOWDOWN = 1.5
 /** Shards over its in-flight limit a peer may be given to restart a failed shard at once. */
@@ -85,6 +87,8 @@ interface Copy {
   startedAt: number
   /** Sent while all the peer's slots were busy: it waits in the peer's queue first. */
   queued: boolean
+  /** Shared inputs this copy waits for: every copy sent before the peer returned its first partial. */
+  fixedBytes: number
 }
 
 interface ShardRun {
@@ -118,6 +122,8 @@ export interface JobRunComponents {
   shares?: RefPublisher
   /** Serves large shard inputs over the bulk channel. */
   bulk?: BulkServer
+  /** How a shard reaches a remote peer; `/tensormesh/shard/1.0.0` unless a test stands in for the network. */
+  send?: (peer: string, shard: OutgoingShard, signal: AbortSignal) => Promise<ShardOutcome>
 }
 
 export interface JobRunInit {
@@ -153,6 +159,13 @@ export class JobRun {
   private readonly wants: Want[] = []
   private readonly selfId: string
   private readonly random: () => number
+  /** What a copy should cost on each peer, learned from this job's finished copies. */
+  private readonly pace: PaceModel
+  /**
+   * Peers that have returned a partial of this job, and so hold its shared
+   * inputs. Every copy sent before that waits on the one fetch of them.
+   */
+  private readonly holding = new Set<string>()
   private settled = false
   private timer?: NodeJS.Timeout
   private resolve: (t: HostTensor) => void = () => {}
@@ -167,6 +180,7 @@ export class JobRun {
     if (plan === undefined) throw new Error('job has no plan')
     this.reducer = init.op.reducer(plan)
     for (const p of init.participants) this.participants.set(p.peer, p)
+    this.pace = new PaceModel(this.participants)
     this.runs = init.job.shards.map(rec => ({
       rec, copies: new Set(), results: [], ran: new Set(), needed: init.verify.replicas,
       failures: 0, spot: false, backups: 0, done: false, causes: []
@@ -231,12 +245,17 @@ export class JobRun {
       }
       return
     }
-    for (const p of this.participants.values()) {
-      while (!p.excluded && p.inflight < p.limit) {
-        const want = this.pick(p)
-        if (want === undefined) break
-        const run = this.runs[want.index] as ShardRun
-        this.launch(p, want.index, want.only !== undefined ? 'check' : run.failures > 0 ? 'retry' : run.ran.size > 0 ? 'replica' : 'first')
+    // Every peer takes its own shards before any peer takes another's: a
+    // coordinator with idle workers must not take a shard cut for a peer
+    // that has not yet had the chance to start it.
+    for (const steal of [false, true]) {
+      for (const p of this.participants.values()) {
+        while (!p.excluded && p.inflight < p.limit) {
+          const want = this.pick(p, steal)
+          if (want === undefined) break
+          const run = this.runs[want.index] as ShardRun
+          this.launch(p, want.index, want.only !== undefined ? 'check' : run.failures > 0 ? 'retry' : run.ran.size > 0 ? 'replica' : 'first')
+        }
       }
     }
     this.restartFailed()
@@ -249,15 +268,18 @@ export class JobRun {
     }
   }
 
-  /** The next shard copy for this peer: its own first, then (with an idle slot) anyone's. */
-  private pick (p: Participant): Want | undefined {
+  /**
+   * The next shard copy for this peer: its own first; then, when stealing
+   * and it has an idle slot, another peer's that that peer could not take.
+   */
+  private pick (p: Participant, steal: boolean): Want | undefined {
     const eligible = (w: Want): boolean => {
       const run = this.runs[w.index]
       if (run === undefined || run.done || run.ran.has(p.peer)) return false
       return w.only === undefined || w.only === p.peer
     }
     let k = this.wants.findIndex(w => eligible(w) && (w.only === p.peer || this.i.preferred[w.index] === p.peer))
-    if (k < 0 && p.inflight < p.slots) {
+    if (k < 0 && steal && p.inflight < p.slots) {
       // Take from the end: the shards others will reach last.
       for (let j = this.wants.length - 1; j >= 0; j--) {
         if (eligible(this.wants[j] as Want)) { k = j; break }
@@ -288,20 +310,33 @@ export class JobRun {
     }
   }
 
-  /** Idle peers re-run stragglers; the first result wins. */
+  /** Bytes a copy of `run` moves to and from `p`: its slice, and the shared inputs on the peer's first copy. */
+  private bytesFor (run: ShardRun, fixedBytes: number): number {
+    const cost = this.i.job.plan?.cost
+    if (cost === undefined) return 0
+    return (run.rec.end - run.rec.start) * (cost.bytesInPerUnit + cost.bytesOutPerUnit) + fixedBytes
+  }
+
+  private fixedBytesFor (p: Participant): number {
+    return this.holding.has(p.peer) || p.local ? 0 : this.i.job.plan?.cost.bytesInFixed ?? 0
+  }
+
+  /**
+   * Idle peers re-run stragglers; the first result wins. A straggler is a
+   * copy that has taken BACKUP_SLOWDOWN times what the same work costs on
+   * its own peer, transfer included, and that the idle peer would have
+   * finished in the time it has already taken.
+   */
   private backups (): void {
     const now = performance.now()
-    const perUnit = this.typicalMsPerUnit()
-    const ratioOf = (run: ShardRun, start: number): number => {
-      const units = run.rec.end - run.rec.start
-      const first = [...run.copies][0]?.participant
-      const expected = perUnit !== undefined ? perUnit * units : (units / (first?.rate ?? 1)) * 1000
-      return now - start < BACKUP_MIN_MS ? 0 : (now - start) / Math.max(expected, 1)
-    }
+    const expected = (run: ShardRun, c: Copy): number =>
+      this.pace.estimate(c.participant.peer, run.rec.end - run.rec.start, this.bytesFor(run, c.fixedBytes)).totalMs
+    const ratioOf = (run: ShardRun, c: Copy, start: number): number =>
+      now - start < BACKUP_MIN_MS ? 0 : (now - start) / Math.max(expected(run, c), 1)
     // Peers with a computing copy that straggles: whatever waits in their queue is late too.
     const slowPeers = new Set<Participant>()
     for (const run of this.runs) {
-      for (const c of run.copies) if (!c.queued && ratioOf(run, c.startedAt) > BACKUP_SLOWDOWN) slowPeers.add(c.participant)
+      for (const c of run.copies) if (!c.queued && ratioOf(run, c, c.startedAt) > BACKUP_SLOWDOWN) slowPeers.add(c.participant)
     }
     // When a copy began computing: a copy sent into a busy peer's queue began when the copy ahead
     // of it settled, unless that peer is itself slow, when its whole wait counts.
@@ -317,29 +352,27 @@ export class JobRun {
       for (const run of this.runs) {
         if (run.done || run.copies.size === 0 || run.backups > 0 || run.ran.has(p.peer)) continue
         if (run.needed > 1 || run.spot) continue // replicated shards already run on several peers
-        const starts = [...run.copies].map(startOf).filter((t): t is number => t !== undefined)
-        if (starts.length === 0) continue
-        const ratio = ratioOf(run, Math.min(...starts))
-        if (ratio > worst) { worst = ratio; best = run }
+        // The shard's most promising copy decides: it is late only if every copy is.
+        let ratio = Infinity
+        let elapsed = Infinity
+        for (const c of run.copies) {
+          const start = startOf(c)
+          if (start === undefined) { ratio = 0; continue }
+          const r = ratioOf(run, c, start)
+          if (r < ratio) { ratio = r; elapsed = now - start }
+        }
+        if (!(ratio > worst) || ratio === Infinity) continue
+        // A copy here must plausibly win: the same work on p, transfer included, within the time already taken.
+        const mine = this.pace.estimate(p.peer, run.rec.end - run.rec.start, this.bytesFor(run, this.fixedBytesFor(p))).totalMs
+        if (mine >= elapsed) continue
+        worst = ratio
+        best = run
       }
-      if (best === undefined) return
+      if (best === undefined) continue
       best.backups++
       this.c.log.info({ job: this.i.job.id, shard: best.rec.index, peer: p.peer, slowdown: Math.round(worst * 10) / 10 }, 'backup copy started')
       this.launch(p, best.rec.index, 'backup')
     }
-  }
-
-  /** Median time per unit of the copies that finished, so stragglers are judged against the job's own pace. */
-  private typicalMsPerUnit (): number | undefined {
-    const samples: number[] = []
-    for (const run of this.runs) {
-      if (!run.done || run.rec.ms === undefined) continue
-      const units = run.rec.end - run.rec.start
-      if (units > 0) samples.push(run.rec.ms / units)
-    }
-    if (samples.length === 0) return undefined
-    samples.sort((a, b) => a - b)
-    return samples[Math.floor(samples.length / 2)]
   }
 
   private launch (p: Participant, index: number, kind: ShardAttempt['kind']): void {
@@ -351,7 +384,7 @@ export class JobRun {
     rec.state = 'running'
     const attempt: ShardAttempt = { peer: p.peer, startedAt: Date.now(), kind }
     rec.history.push(attempt)
-    const copy: Copy = { participant: p, ctl: new AbortController(), attempt, startedAt: performance.now(), queued: p.inflight >= p.slots }
+    const copy: Copy = { participant: p, ctl: new AbortController(), attempt, startedAt: performance.now(), queued: p.inflight >= p.slots, fixedBytes: this.fixedBytesFor(p) }
     run.copies.add(copy)
     run.ran.add(p.peer)
     p.inflight++
@@ -368,11 +401,13 @@ export class JobRun {
     const attemptNo = rec.attempts
     const work = p.local
       ? this.c.pool.run(task, { signal, transfer: false }).then(out => ({ ...out, bytesIn: 0, bytesOut: 0 }))
-      : sendShard(this.c.libp2p, peerIdFromString(p.peer), { jobId: this.i.job.id, index, attempt: attemptNo, start: rec.start, end: rec.end, task }, signal, { limits: this.i.limits, publisher: this.c.shares, bulk: this.c.bulk })
+      : this.send(p.peer, { jobId: this.i.job.id, index, attempt: attemptNo, start: rec.start, end: rec.end, task }, signal)
 
     work.then(outcome => {
       attempt.ms = Math.round(performance.now() - copy.startedAt)
       attempt.computeMs = Math.round(outcome.computeMs)
+      this.pace.record({ peer: p.peer, units, bytes: outcome.bytesIn + outcome.bytesOut + copy.fixedBytes, ms: performance.now() - copy.startedAt, computeMs: outcome.computeMs, queued: copy.queued })
+      this.holding.add(p.peer)
       this.settleCopy(run, copy, () => { this.succeeded(run, copy, outcome.partial, outcome) })
     }, (err: unknown) => {
       attempt.ms = Math.round(performance.now() - copy.startedAt)
@@ -383,6 +418,11 @@ export class JobRun {
     }).finally(() => {
       clearTimeout(timer)
     })
+  }
+
+  private async send (peer: string, shard: OutgoingShard, signal: AbortSignal): Promise<ShardOutcome> {
+    if (this.c.send !== undefined) return await this.c.send(peer, shard, signal)
+    return await sendShard(this.c.libp2p, peerIdFromString(peer), shard, signal, { limits: this.i.limits, publisher: this.c.shares, bulk: this.c.bulk })
   }
 
   private settleCopy (run: ShardRun, copy: Copy, then: () => void): void {

@@ -1,0 +1,114 @@
+/**
+ * What one copy of a shard should cost on a given peer, learned from this
+ * job's finished copies. Backups judge a running copy against this, not
+ * against the job's fastest copies: a remote copy carries its inputs and
+ * its result over a link that a local copy never touches, so measuring it
+ * against the coordinator's own pace makes every healthy remote shard look
+ * like a straggler.
+ *
+ * A copy's cost is compute plus transfer:
+ * - compute: the peer's own median time per unit once it has finished a
+ *   copy; before that, its bid scaled by how far the job's finished copies
+ *   were from their bids (calibration is noisy, and peers sharing cores run
+ *   slower than they measured alone); before any copy finished, the bid.
+ * - transfer (remote peers only): bytes at the rate measured on that peer's
+ *   finished copies (wall time less compute); before that, at the rate the
+ *   job's other remote peers showed; before any, at an assumed slow LAN.
+ */
+
+/**
+ * The link rate assumed before any copy of the job has come back from a
+ * peer: a slow LAN (100 Mb/s-class links and Wi-Fi give 10-40 MB/s).
+ * Erring slow delays a backup by one copy's time at worst; erring fast
+ * backs up healthy copies on every real link.
+ */
+export const ASSUMED_LINK_BYTES_PER_SECOND = 20e6
+
+/** A finished copy, as the coordinator saw it. */
+export interface CopySample {
+  peer: string
+  units: number
+  /** Bytes it moved: inputs out, partial back, and shared inputs fetched for it. */
+  bytes: number
+  /** From send to partial. */
+  ms: number
+  /** What the peer reported it spent computing. */
+  computeMs: number
+  /** Sent while the peer's slots were busy: its wall time includes a wait, so it says nothing of the link. */
+  queued: boolean
+}
+
+/** What the model needs to know of a peer from its bid. */
+export interface PeerTerms {
+  /** Units per second for the whole peer (all slots). */
+  rate: number
+  slots: number
+  local: boolean
+}
+
+export interface CopyEstimate {
+  computeMs: number
+  transferMs: number
+  totalMs: number
+}
+
+export class PaceModel {
+  private readonly peers: ReadonlyMap<string, PeerTerms>
+  private readonly samples: CopySample[] = []
+
+  constructor (peers: ReadonlyMap<string, PeerTerms>) {
+    this.peers = peers
+  }
+
+  record (sample: CopySample): void {
+    if (sample.units <= 0 || !(sample.ms >= 0) || !(sample.computeMs >= 0)) return
+    this.samples.push(sample)
+  }
+
+  /** What `units` units moving `bytes` bytes should take on `peer`. */
+  estimate (peer: string, units: number, bytes: number): CopyEstimate {
+    const terms = this.peers.get(peer)
+    const computeMs = units * this.msPerUnit(peer, terms)
+    const transferMs = terms?.local === true ? 0 : bytes / this.bytesPerMs(peer)
+    return { computeMs, transferMs, totalMs: computeMs + transferMs }
+  }
+
+  /** A single shard runs on one slot: the bid's whole-peer rate divided by its slots. */
+  private bidMsPerUnit (terms: PeerTerms | undefined): number {
+    if (terms === undefined || !(terms.rate > 0)) return 0
+    return 1000 * Math.max(terms.slots, 1) / terms.rate
+  }
+
+  private msPerUnit (peer: string, terms: PeerTerms | undefined): number {
+    const own = this.samples.filter(s => s.peer === peer).map(s => s.computeMs / s.units)
+    if (own.length > 0) return median(own)
+    const bid = this.bidMsPerUnit(terms)
+    // How far finished copies were from what their peers bid: one factor for the job.
+    const factors: number[] = []
+    for (const s of this.samples) {
+      const expected = this.bidMsPerUnit(this.peers.get(s.peer))
+      if (expected > 0) factors.push((s.computeMs / s.units) / expected)
+    }
+    return factors.length > 0 ? bid * median(factors) : bid
+  }
+
+  private bytesPerMs (peer: string): number {
+    const remote = this.samples.filter(s => !s.queued && this.peers.get(s.peer)?.local !== true && s.bytes > 0)
+    const own = remote.filter(s => s.peer === peer)
+    const rate = (list: CopySample[]): number => {
+      const bytes = list.reduce((n, s) => n + s.bytes, 0)
+      const ms = list.reduce((n, s) => n + Math.max(s.ms - s.computeMs, 0), 0)
+      // A copy whose transfer took no measurable time still took a millisecond.
+      return bytes / Math.max(ms, list.length)
+    }
+    if (own.length > 0) return rate(own)
+    if (remote.length > 0) return rate(remote)
+    return ASSUMED_LINK_BYTES_PER_SECOND / 1000
+  }
+}
+
+function median (values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  const mid = Math.floor(sorted.length / 2)
+  return sorted.length % 2 === 1 ? (sorted[mid] ?? 0) : ((sorted[mid - 1] ?? 0) + (sorted[mid] ?? 0)) / 2
+}
