@@ -43,7 +43,8 @@ describe('jobs on a three-node mesh', () => {
   })
 
   it('a matmul of odd shapes equals numpy and ran on every peer', async () => {
-    const job = a.submit({ op: 'matmul', inputs: { a: await load(dir, 'a'), b: await load(dir, 'b') } })
+    // What this test needs, stated: every peer keeps the shards cut for it (no backup copy may win one).
+    const job = a.submit({ op: 'matmul', inputs: { a: await load(dir, 'a'), b: await load(dir, 'b') }, schedule: { backups: false } })
     const out = await job.result()
     const ref = await load(dir, 'ab')
     expect(out.shape).toEqual([37, 23])
@@ -140,15 +141,19 @@ np.save(f'{out}/ab.npy', (a.astype(np.float64) @ b.astype(np.float64)).astype(np
     for (let i = 0; i < data.length; i++) data[i] = (i % 1000) - 500
     const served = (n: MeshNode): number => n.info().bulk?.bytesServed ?? 0
     const before = nodes.map(served)
-    // One shard per peer: each share is a third of 32 MiB give or take the bids, well over the threshold.
-    const job = a.submit({ op: 'map', inputs: { x: { dtype: 'float32', shape: [rows, cols], data } }, params: { ops: [{ op: 'mul', value: 2 }] }, schedule: { shardsPerPeer: 1 } })
+    // One shard per peer, and no backup copies: each peer runs the shard cut for it, a third of
+    // 32 MiB give or take the bids, well over the threshold. (With backups on, a copy on the
+    // coordinator, which moves no bytes, could win a remote shard and this test would see nothing cross.)
+    const job = a.submit({ op: 'map', inputs: { x: { dtype: 'float32', shape: [rows, cols], data } }, params: { ops: [{ op: 'mul', value: 2 }] }, schedule: { shardsPerPeer: 1, backups: false } })
     const out = await job.result()
     // x * 2 is exact in float32 for these integers: compare every element.
     let wrong = 0
     for (let i = 0; i < data.length; i++) if (out.data[i] !== 2 * (data[i] ?? 0)) wrong++
     expect(wrong).toBe(0)
+    expect(job.bids.filter(b => b.accept)).toHaveLength(3)
+    expect(new Set(job.shards.map(s => s.peer))).toEqual(new Set(nodes.map(n => n.peerId.toString())))
     const remote = job.shards.filter(s => s.peer !== a.peerId.toString())
-    expect(remote.length).toBeGreaterThan(0)
+    expect(remote).toHaveLength(2)
     // Which shards go over the bulk channel follows from their size: the split follows the bids.
     const bulky = remote.filter(s => s.bytesOut >= BULK_MIN_BYTES)
     expect(bulky.length).toBeGreaterThan(0)

@@ -27,7 +27,8 @@ np.save(f'{out}/a.npy', a); np.save(f'{out}/b.npy', b)
 np.save(f'{out}/ab.npy', (a.astype(np.float64) @ b.astype(np.float64)).astype(np.float32))
 np.save(f'{out}/c.npy', np.ones((5, 7), np.float32))
 `)
-    writeFileSync(join(dir, 'job.json'), JSON.stringify({ op: 'matmul', inputs: { a: 'a.npy', b: 'b.npy' }, params: {} }))
+    // The test checks that every peer ran its shards: no backup copy may win one.
+    writeFileSync(join(dir, 'job.json'), JSON.stringify({ op: 'matmul', inputs: { a: 'a.npy', b: 'b.npy' }, params: {}, schedule: { backups: false } }))
     writeFileSync(join(dir, 'bad.json'), JSON.stringify({ op: 'matmul', inputs: { a: 'a.npy', b: 'c.npy' } }))
     const started = await startCli(['testnet', '--nodes', '3', '--json', '--workers', '1', '--advert-interval', String(INTERVAL_MS)])
     testnet = started.child
