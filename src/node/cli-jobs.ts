@@ -4,7 +4,7 @@ import { InvalidInputError, errorMessage } from '../errors.ts'
 import { decodeNpy } from '../compute/npy.ts'
 import { packModel, readModelDir, unpackModel, writeModelDir } from '../compute/model.ts'
 import { describe } from '../compute/tensor.ts'
-import { ApiClient } from './client.ts'
+import { ApiClient } from './client/api-client.ts'
 import type { JobView } from './jobs/job.ts'
 
 /** A job file: {"op": NAME, "inputs": {NAME: "path.npy"}, "params": {...}}, paths relative to the file. */

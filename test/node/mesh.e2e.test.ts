@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { ApiClient } from '../../src/node/client.ts'
+import { ApiClient } from '../../src/node/client/api-client.ts'
 import { startMesh, stopAll, TEST_ADVERT_INTERVAL_MS } from '../helpers/mesh.ts'
 import type { MeshNode } from '../../src/node/mesh-node.ts'
 

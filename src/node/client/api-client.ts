@@ -1,6 +1,6 @@
-import { TensormeshError } from '../errors.ts'
-import type { PeerView } from './api.ts'
-import type { NodeInfo } from './mesh-node.ts'
+import { TensormeshError } from '../../errors.ts'
+import type { PeerView } from '../api.ts'
+import type { NodeInfo } from '../mesh-node.ts'
 
 /** An error the API answered with (`{error: {code, message}}`), or a failure to reach it. */
 export class ApiError extends TensormeshError {
