@@ -12,12 +12,15 @@ export class ApiError extends TensormeshError {
   }
 }
 
-/** A small client for a node's HTTP API (used by the CLI and the tests). */
+/** The low-level client for a node's HTTP API: one request, JSON errors as ApiError. */
 export class ApiClient {
   readonly base: string
+  private readonly token?: string
 
-  constructor (base: string) {
+  /** `token`, when given, goes with every request as `Authorization: Bearer`. */
+  constructor (base: string, token?: string) {
     this.base = base.replace(/\/+$/, '')
+    this.token = token
   }
 
   async node (): Promise<NodeInfo> {
@@ -28,10 +31,11 @@ export class ApiClient {
     return await this.json<PeerView[]>('GET', '/v1/peers')
   }
 
-  async request (method: string, path: string, body?: RequestInit['body'], headers?: Record<string, string>): Promise<Response> {
+  async request (method: string, path: string, body?: RequestInit['body'], headers?: Record<string, string>, signal?: AbortSignal): Promise<Response> {
     let res: Response
     try {
-      res = await fetch(this.base + path, { method, body, headers, duplex: 'half' } as RequestInit)
+      const all = this.token === undefined ? headers : { ...headers, authorization: `Bearer ${this.token}` }
+      res = await fetch(this.base + path, { method, body, headers: all, signal, duplex: 'half' } as RequestInit)
     } catch (err) {
       const cause = (err as { cause?: { code?: string } }).cause?.code ?? (err instanceof Error ? err.message : String(err))
       throw new ApiError(0, 'ERR_UNREACHABLE', `cannot reach the node API at ${this.base}: ${cause}`)
