@@ -3,8 +3,7 @@ import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { encodeNpy } from '../../src/compute/npy.ts'
 import { prng } from '../../src/compute/random.ts'
-import { followJob } from '../../src/node/cli-jobs.ts'
-import { ApiClient } from '../../src/node/client/api-client.ts'
+import { ApiClient, RemoteJob } from '../../src/node/client/index.ts'
 import type { HostTensor } from '../../src/compute/tensor.ts'
 import type { JobView } from '../../src/node/jobs/job.ts'
 import type { ChildProcess } from 'node:child_process'
@@ -73,7 +72,7 @@ export async function runJob (api: string, op: string, inputs: Record<string, Ho
   for (const [name, t] of Object.entries(inputs)) form.set(name, new Blob([encodeNpy(t) as Uint8Array<ArrayBuffer>]), `${name}.npy`)
   const client = new ApiClient(api)
   const submitted = await (await client.request('POST', '/v1/jobs', form)).json() as JobView
-  const job = await followJob(client, submitted.id, onUpdate)
+  const job = await new RemoteJob(client, submitted.id).wait(onUpdate)
   if (job.state !== 'succeeded') throw new Error(`job ${job.id} ${job.state}: ${job.error?.message ?? ''}`)
   return job
 }

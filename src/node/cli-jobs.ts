@@ -2,9 +2,9 @@ import { readFile, writeFile } from 'node:fs/promises'
 import { dirname, resolve } from 'node:path'
 import { InvalidInputError, errorMessage } from '../errors.ts'
 import { decodeNpy } from '../compute/npy.ts'
-import { packModel, readModelDir, unpackModel, writeModelDir } from '../compute/model.ts'
+import { packModel, readModelDir } from '../compute/model.ts'
 import { describe } from '../compute/tensor.ts'
-import { ApiClient } from './client/api-client.ts'
+import { MeshClient } from './client/index.ts'
 import type { JobView } from './jobs/job.ts'
 
 /** A job file: {"op": NAME, "inputs": {NAME: "path.npy"}, "params": {...}}, paths relative to the file. */
@@ -80,29 +80,6 @@ export async function jobForm (path: string, job: JobFile): Promise<FormData> {
   return form
 }
 
-/** Follows GET /v1/jobs/:id/events until the job finishes; calls `onUpdate` for each record. */
-export async function followJob (client: ApiClient, id: string, onUpdate: (job: JobView) => void): Promise<JobView> {
-  const res = await client.request('GET', `/v1/jobs/${encodeURIComponent(id)}/events`)
-  if (res.body === null) throw new Error('event stream has no body')
-  const decoder = new TextDecoder()
-  let buffer = ''
-  let last: JobView | undefined
-  for await (const chunk of res.body) {
-    buffer += decoder.decode(chunk, { stream: true })
-    let end: number
-    while ((end = buffer.indexOf('\n\n')) >= 0) {
-      const event = buffer.slice(0, end)
-      buffer = buffer.slice(end + 2)
-      const data = event.split('\n').filter(l => l.startsWith('data: ')).map(l => l.slice(6)).join('\n')
-      if (data === '') continue
-      last = JSON.parse(data) as JobView
-      onUpdate(last)
-    }
-  }
-  // The stream ends when the job does; read the final record to be sure.
-  return last?.finishedAt !== undefined ? last : await client.json<JobView>('GET', `/v1/jobs/${encodeURIComponent(id)}`)
-}
-
 /** What a job's progress counts: training rounds, or shards. */
 function unitOf (job: JobView): string {
   return job.op === 'train' ? 'rounds' : 'shards'
@@ -120,6 +97,8 @@ export function progressLine (job: JobView, width = 30): string {
 
 export interface SubmitOptions {
   api: string
+  /** The API token, when the caller has one (see resolveToken). */
+  token?: string
   file: string
   out?: string
   json: boolean
@@ -127,14 +106,12 @@ export interface SubmitOptions {
 
 /** `tensormesh submit`: upload, follow, write the result, print the record. Returns the exit code. */
 export async function submitCommand (opts: SubmitOptions): Promise<number> {
-  const client = new ApiClient(opts.api)
+  const client = new MeshClient(opts.api, { token: opts.token })
   const file = await readJobFile(opts.file)
-  const form = await jobForm(opts.file, file)
-  const res = await client.request('POST', '/v1/jobs', form)
-  const submitted = await res.json() as JobView
+  const submitted = await client.submitForm(await jobForm(opts.file, file))
   const tty = process.stderr.isTTY && !opts.json
   let lastPlain = -1
-  const job = await followJob(client, submitted.id, (j) => {
+  const job = await submitted.wait((j) => {
     if (tty) {
       process.stderr.write(`\r${progressLine(j)}\u001b[K`)
     } else if (!opts.json && j.progress.done !== lastPlain) {
@@ -148,11 +125,9 @@ export async function submitCommand (opts: SubmitOptions): Promise<number> {
     outPath = resolve(opts.out)
     if (job.model !== undefined) {
       // A training job's result is a model: written as TF.js writes one (model.json + weights.bin).
-      const r = await client.request('GET', `/v1/jobs/${encodeURIComponent(job.id)}/model`)
-      await writeModelDir(outPath, unpackModel(new Uint8Array(await r.arrayBuffer())))
+      await submitted.saveModel(outPath)
     } else {
-      const r = await client.request('GET', `/v1/jobs/${encodeURIComponent(job.id)}/result`)
-      await writeFile(outPath, new Uint8Array(await r.arrayBuffer()))
+      await writeFile(outPath, await submitted.resultBytes())
     }
   }
   if (opts.json) {

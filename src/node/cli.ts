@@ -4,8 +4,8 @@ import { parseArgs } from 'node:util'
 import { TensormeshError, errorMessage } from '../errors.ts'
 import { parseBackendChoice } from '../compute/index.ts'
 import { submitCommand, printSummary, progressLine } from './cli-jobs.ts'
-import { ApiClient } from './client/api-client.ts'
-import type { JobView } from './jobs/job.ts'
+import { connect, resolveToken } from './client/index.ts'
+import type { MeshClient } from './client/index.ts'
 import { createLogger, LOG_LEVELS } from './log.ts'
 import { MeshNode } from './mesh-node.ts'
 import { runTestnet } from './testnet.ts'
@@ -46,6 +46,16 @@ const nodeOptions: Options = {
   'advert-interval': { type: 'string' },
   'log-level': { type: 'string' }
 }
+
+/** What every command that talks to a node's API takes. */
+const clientOptions: Options = {
+  api: { type: 'string' },
+  token: { type: 'string' },
+  'data-dir': { type: 'string' }
+}
+
+const CLIENT_USAGE = `  --token TOKEN        the API token (else TENSORMESH_TOKEN, else DATA_DIR/api-token)
+  --data-dir DIR       where to look for the token file (default ~/.tensormesh)`
 
 const commands: Command[] = [
   {
@@ -105,8 +115,9 @@ single nodes by their pid (kill -9, kill -STOP) to watch the mesh cope.`,
     usage: `tensormesh peers [--api URL] [--json]
 
   --api URL            the node's API (default ${DEFAULT_API_URL})
-  --json               print the JSON array of GET /v1/peers`,
-    options: { ...common, api: { type: 'string' } },
+  --json               print the JSON array of GET /v1/peers
+${CLIENT_USAGE}`,
+    options: { ...common, ...clientOptions },
     run: runPeers
   },
   {
@@ -118,12 +129,13 @@ single nodes by their pid (kill -9, kill -STOP) to watch the mesh cope.`,
   --api URL            the node that coordinates the job (default ${DEFAULT_API_URL})
   --out FILE.npy       write the result there
   --json               print one JSON object {id, state, elapsedMs, output, shards: [{index, peer, attempts, ms}]}
+${CLIENT_USAGE}
 
 Exits 0 when the job succeeded, 1 when it failed or was cancelled.`,
-    options: { ...common, api: { type: 'string' }, out: { type: 'string' } },
+    options: { ...common, ...clientOptions, out: { type: 'string' } },
     run: async (values, positionals) => {
       if (positionals.length !== 1) throw new UsageError(`expected one job file, got ${positionals.length}`)
-      return await submitCommand({ api: apiUrl(values.api), file: positionals[0] ?? '', out: str(values.out), json: values.json === true })
+      return await submitCommand({ api: apiUrl(values.api), token: resolveToken({ token: str(values.token), dataDir: str(values['data-dir']) }), file: positionals[0] ?? '', out: str(values.out), json: values.json === true })
     }
   },
   {
@@ -132,11 +144,12 @@ Exits 0 when the job succeeded, 1 when it failed or was cancelled.`,
     usage: `tensormesh status [--api URL] JOB_ID [--json]
 
   --api URL            the node that coordinates the job (default ${DEFAULT_API_URL})
-  --json               print the job record of GET /v1/jobs/:id`,
-    options: { ...common, api: { type: 'string' } },
+  --json               print the job record of GET /v1/jobs/:id
+${CLIENT_USAGE}`,
+    options: { ...common, ...clientOptions },
     run: async (values, positionals) => {
       if (positionals.length !== 1) throw new UsageError(`expected one job id, got ${positionals.length}`)
-      const job = await new ApiClient(apiUrl(values.api)).json<JobView>('GET', `/v1/jobs/${encodeURIComponent(positionals[0] ?? '')}`)
+      const job = await clientOf(values).job(positionals[0] ?? '').view()
       if (values.json === true) process.stdout.write(JSON.stringify(job) + '\n')
       else {
         printSummary(job)
@@ -151,10 +164,11 @@ Exits 0 when the job succeeded, 1 when it failed or was cancelled.`,
     usage: `tensormesh jobs [--api URL] [--json]
 
   --api URL            the node (default ${DEFAULT_API_URL})
-  --json               print the JSON array of GET /v1/jobs`,
-    options: { ...common, api: { type: 'string' } },
+  --json               print the JSON array of GET /v1/jobs
+${CLIENT_USAGE}`,
+    options: { ...common, ...clientOptions },
     run: async (values) => {
-      const jobs = await new ApiClient(apiUrl(values.api)).json<JobView[]>('GET', '/v1/jobs')
+      const jobs = await clientOf(values).jobs()
       if (values.json === true) {
         process.stdout.write(JSON.stringify(jobs) + '\n')
         return 0
@@ -220,6 +234,11 @@ function parseHostPort (v: string): { host: string, port: number } {
   const port = m === null ? NaN : Number(m[2])
   if (m === null || m[1] === '' || !(port >= 0 && port <= 65535)) throw new UsageError(`--api must be HOST:PORT, e.g. 127.0.0.1:7070, got "${v}"`)
   return { host: (m[1] ?? '').replace(/^\[(.*)\]$/, '$1'), port }
+}
+
+/** The API client for a client command's flags: --api, then the token by --token, TENSORMESH_TOKEN, the data dir's file. */
+function clientOf (values: Values): MeshClient {
+  return connect(apiUrl(values.api), { token: str(values.token), dataDir: str(values['data-dir']) })
 }
 
 export function apiUrl (v: Values[string]): string {
@@ -289,7 +308,7 @@ async function runStart (values: Values): Promise<number | undefined> {
 }
 
 async function runPeers (values: Values): Promise<number> {
-  const client = new ApiClient(apiUrl(values.api))
+  const client = clientOf(values)
   const peers = await client.peers()
   if (values.json === true) {
     process.stdout.write(JSON.stringify(peers) + '\n')

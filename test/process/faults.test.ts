@@ -3,8 +3,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { decodeNpy } from '../../src/compute/npy.ts'
-import { followJob, jobForm, readJobFile } from '../../src/node/cli-jobs.ts'
-import { ApiClient } from '../../src/node/client/api-client.ts'
+import { jobForm, readJobFile } from '../../src/node/cli-jobs.ts'
+import { ApiClient, RemoteJob } from '../../src/node/client/index.ts'
 import { alive, exited, pollUntil, startCli } from '../helpers/cli.ts'
 import { load, numpy, relError } from '../helpers/numpy.ts'
 import type { NodeInfo } from '../../src/node/mesh-node.ts'
@@ -41,7 +41,7 @@ async function resultOf (api: string, id: string): Promise<Float32Array> {
 async function runJobWith (api: string, when: (j: JobView) => boolean, act: () => void): Promise<{ job: JobView, acted: boolean }> {
   const submitted = await submit(api)
   let acted = false
-  const job = await followJob(new ApiClient(api), submitted.id, (j) => {
+  const job = await new RemoteJob(new ApiClient(api), submitted.id).wait((j) => {
     if (!acted && when(j)) {
       acted = true
       act()
@@ -167,7 +167,7 @@ describe('a coordinator that dies', () => {
     const again = await new ApiClient(second.api).json<JobView>('GET', `/v1/jobs/${finished.job.id}`)
     expect(again.state).toBe('succeeded')
     expect(await resultOf(second.api, finished.job.id)).toEqual(expected)
-    const resumed = await followJob(new ApiClient(second.api), submitted.id, () => {})
+    const resumed = await new RemoteJob(new ApiClient(second.api), submitted.id).wait(() => {})
     expect(resumed.state).toBe('succeeded')
     expect(relError(await resultOf(second.api, submitted.id), (await load(dir, 'ab')).data)).toBeLessThan(1e-4)
   })
@@ -196,6 +196,6 @@ describe('a coordinator that dies', () => {
 /** Resolves on the first record for which `when` holds; rejects if the job ends first. */
 async function followUntil (api: string, id: string, when: (j: JobView) => boolean): Promise<void> {
   await new Promise<void>((resolve, reject) => {
-    followJob(new ApiClient(api), id, (j) => { if (when(j)) resolve() }).then(() => { reject(new Error('job ended first')) }, () => {})
+    new RemoteJob(new ApiClient(api), id).wait((j) => { if (when(j)) resolve() }).then(() => { reject(new Error('job ended first')) }, () => {})
   })
 }
