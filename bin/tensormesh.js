@@ -1,10 +1,12 @@
 #!/usr/bin/env node
-// The CLI is TypeScript run by Node 22's type stripping. npm puts the project's
+// The CLI is TypeScript run by Node 22's type stripping (from a checkout) or the
+// JavaScript built from it (an installed package). npm puts the project's
 // Node 22 (the `node` package) first on PATH for `npx` and `npm run`; when this
 // file is started by an older system node directly, hand over to that binary.
 import { spawn } from 'node:child_process'
 import { createRequire } from 'node:module'
-import { dirname, join } from 'node:path'
+import { dirname, join, sep } from 'node:path'
+import { fileURLToPath } from 'node:url'
 
 const major = Number(process.versions.node.split('.')[0])
 if (major < 22) {
@@ -20,6 +22,9 @@ if (major < 22) {
   for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => { child.kill(sig) })
   child.on('exit', (code, signal) => { process.exitCode = code ?? (signal !== null ? 1 : 0) })
 } else {
-  const { main } = await import('../src/node/cli.ts')
+  // A checkout runs its TypeScript as it is; Node strips no types under node_modules,
+  // so an installed package runs the JavaScript that `npm pack` built into dist/.
+  const installed = fileURLToPath(import.meta.url).split(sep).includes('node_modules')
+  const { main } = await import(installed ? '../dist/node/cli.js' : '../src/node/cli.ts')
   await main(process.argv.slice(2))
 }

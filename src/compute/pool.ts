@@ -166,7 +166,8 @@ export class ExecutorPool extends EventTarget {
     if (!Number.isSafeInteger(this.maxQueue) || this.maxQueue < 0) {
       throw new InvalidInputError(`maxQueue must be a non-negative integer, got ${String(init.maxQueue)}`, 'ERR_BAD_OPTION')
     }
-    this.workerUrl = init.workerUrl ?? new URL('./worker.ts', import.meta.url)
+    // Run from source the entry is worker.ts; from the built package (dist/), worker.js.
+    this.workerUrl = init.workerUrl ?? new URL(import.meta.url.endsWith('.ts') ? './worker.ts' : './worker.js', import.meta.url)
   }
 
   /** The backend every worker runs; known after start(). */
