@@ -44,11 +44,16 @@ describe('the npm package', () => {
     })
   }, INSTALL_TIMEOUT_MS + 60_000)
 
+  /** Ends npx and everything under it as Ctrl-C in a terminal would: a signal to its process group. */
+  async function stopGroup (child: ChildProcess, signal: NodeJS.Signals): Promise<void> {
+    if (child.exitCode !== null || child.signalCode !== null || child.pid === undefined) return
+    const exit = new Promise(resolve => child.once('exit', resolve))
+    process.kill(-child.pid, signal)
+    await exit
+  }
+
   afterAll(async () => {
-    if (testnet !== undefined && testnet.exitCode === null) {
-      testnet.kill('SIGTERM')
-      await new Promise(resolve => testnet?.once('exit', resolve))
-    }
+    if (testnet !== undefined) await stopGroup(testnet, 'SIGKILL')
   })
 
   it('ships the built code and the dashboard, and no tests, bench data or examples', () => {
@@ -68,7 +73,8 @@ describe('the npm package', () => {
   })
 
   it('runs a 2-node testnet, and tensormesh/client multiplies on it', async () => {
-    testnet = spawn('npx', ['tensormesh', 'testnet', '--nodes', '2', '--json', '--workers', '1'], { cwd: dir, env: { ...process.env, PATH: systemPath() }, stdio: ['ignore', 'pipe', 'pipe'] })
+    // Its own process group, so the test can stop it the way a terminal does.
+    testnet = spawn('npx', ['tensormesh', 'testnet', '--nodes', '2', '--json', '--workers', '1'], { cwd: dir, env: { ...process.env, PATH: systemPath() }, stdio: ['ignore', 'pipe', 'pipe'], detached: true })
     let stderr = ''
     testnet.stderr?.on('data', (d: Buffer) => { stderr += d.toString() })
     const line = await new Promise<string>((resolve, reject) => {
@@ -90,8 +96,7 @@ console.log(JSON.stringify({ shape: out.shape, data: [...out.data], peers: (awai
     const used = execFileSync(join(dir, 'node_modules', '.bin', 'node'), ['use.mjs', net.nodes[0]?.api ?? ''], { cwd: dir, encoding: 'utf8' })
     // [[1,2,3],[4,5,6]] @ [[1,0],[0,1],[1,1]] = [[4,5],[10,11]], exact in float32.
     expect(JSON.parse(used)).toEqual({ shape: [2, 2], data: [4, 5, 10, 11], peers: 1 })
-    testnet.kill('SIGTERM')
-    await new Promise(resolve => testnet?.once('exit', resolve))
+    await stopGroup(testnet, 'SIGINT')
     await waitGone(net.nodes.map(n => n.pid), 15_000)
   })
 })
