@@ -19,6 +19,7 @@ import { prng } from '../src/compute/random.ts'
 import type { HostTensor } from '../src/compute/tensor.ts'
 import { ApiClient } from '../src/node/client/api-client.ts'
 import { createLogger, silentLogger } from '../src/node/log.ts'
+import { readSwarmKey, writeSwarmKey } from '../src/node/access/index.ts'
 import { MeshNode } from '../src/node/mesh-node.ts'
 import { Testnet, log, median, randomTensor, runJob, sleep, startCli } from './bench/lib.ts'
 import type { PeerView } from '../src/node/api.ts'
@@ -44,7 +45,7 @@ function record (f: Figure): void {
 const round = (x: number): number => Math.abs(x) >= 100 ? Math.round(x) : Math.round(x * 100) / 100
 
 const { values } = parseArgs({ options: { only: { type: 'string' }, 'fault-rows': { type: 'string' } } })
-const sections = values.only?.split(',') ?? ['compute', 'pool', 'mesh', 'overhead', 'transfer', 'convergence', 'faults']
+const sections = values.only?.split(',') ?? ['compute', 'pool', 'mesh', 'overhead', 'transfer', 'trust', 'convergence', 'faults']
 const started = Date.now()
 
 // ---------------------------------------------------------------- compute
@@ -288,8 +289,11 @@ async function transferSection (): Promise<void> {
 
   // The shard protocol, daemon to daemon: this process coordinates (runs no shard itself),
   // one daemon computes; a reduce-sum shard sends 256 MiB and returns a few bytes.
-  const daemon = await startCli(['start', '--json', '--listen', '/ip4/127.0.0.1/tcp/0', '--api', '127.0.0.1:0', '--workers', '1', '--data-dir', await mkdtemp(join(tmpdir(), 'tm-bench-')), '--log-level', 'warn'])
-  const node = new MeshNode({ dataDir: await mkdtemp(join(tmpdir(), 'tm-bench-')), listen: ['/ip4/127.0.0.1/tcp/0'], api: false, serve: false, journal: false, workers: 1, bootstrap: (JSON.parse(daemon.line) as { multiaddrs: string[] }).multiaddrs, logger: process.env.BENCH_DEBUG !== undefined ? createLogger('debug') : silentLogger() })
+  // Both ends hold one swarm key, as a private mesh's nodes do.
+  const keyDir = await mkdtemp(join(tmpdir(), 'tm-bench-'))
+  await writeSwarmKey(join(keyDir, 'swarm.key'))
+  const daemon = await startCli(['start', '--json', '--listen', '/ip4/127.0.0.1/tcp/0', '--api', '127.0.0.1:0', '--workers', '1', '--data-dir', await mkdtemp(join(tmpdir(), 'tm-bench-')), '--log-level', 'warn', '--swarm-key', join(keyDir, 'swarm.key')])
+  const node = new MeshNode({ dataDir: await mkdtemp(join(tmpdir(), 'tm-bench-')), listen: ['/ip4/127.0.0.1/tcp/0'], api: false, serve: false, journal: false, workers: 1, swarmKey: await readSwarmKey(join(keyDir, 'swarm.key')), bootstrap: (JSON.parse(daemon.line) as { multiaddrs: string[] }).multiaddrs, logger: process.env.BENCH_DEBUG !== undefined ? createLogger('debug') : silentLogger() })
   await node.start()
   try {
     while (node.directory.size < 1) await sleep(20)
@@ -312,6 +316,60 @@ async function transferSection (): Promise<void> {
   }
 }
 
+// ---------------------------------------------------------------- trust
+/**
+ * What the private mesh costs: connection handshakes and a 64 MiB tensor
+ * over libp2p streams (the bulk channel off, since pnet sits under libp2p
+ * and the bulk channel beside it), between two nodes in this process, with
+ * a swarm key (XSalsa20 under noise) and without. Same run, so the ratio holds.
+ */
+async function trustSection (): Promise<void> {
+  const pair = async (swarmKey?: Uint8Array): Promise<[MeshNode, MeshNode]> => {
+    const make = async (bootstrap?: string[]): Promise<MeshNode> => {
+      const n = new MeshNode({ dataDir: await mkdtemp(join(tmpdir(), 'tm-bench-')), listen: ['/ip4/127.0.0.1/tcp/0'], api: false, journal: false, bulk: false, workers: 1, swarmKey, bootstrap, logger: silentLogger() })
+      await n.start()
+      return n
+    }
+    const a = await make()
+    const b = await make(a.multiaddrs())
+    while (a.directory.size < 1 || b.directory.size < 1) await sleep(20)
+    return [a, b]
+  }
+  const measure = async (label: string, swarmKey?: Uint8Array): Promise<{ handshakeMs: number, mbps: number }> => {
+    const [a, b] = await pair(swarmKey)
+    try {
+      // Handshakes: close every connection, dial again, 12 times; spaced out, because libp2p's
+      // connection manager refuses more than 5 inbound connections a second from one host.
+      const times: number[] = []
+      for (let i = 0; i < 12; i++) {
+        await a.libp2p.hangUp(b.peerId)
+        await sleep(300)
+        const t0 = performance.now()
+        await a.libp2p.dial(b.peerId)
+        times.push(performance.now() - t0)
+      }
+      const x = randomTensor([64 * 1024 * 1024 / 4 / 1024, 1024], 5)
+      const rates: number[] = []
+      for (let rep = 0; rep < 3; rep++) {
+        const job = a.submit({ op: 'reduce', inputs: { x }, params: { op: 'sum' }, schedule: { shardsPerPeer: 1 } })
+        await job.result()
+        const remote = job.shards.find(s => s.peer === b.peerId.toString())
+        if (remote?.ms !== undefined) rates.push((remote.bytesOut / 1e6) / ((remote.ms - (remote.computeMs ?? 0)) / 1000))
+      }
+      log(`trust ${label}: handshake median ${median(times).toFixed(1)} ms, transfer ${median(rates).toFixed(0)} MB/s`)
+      return { handshakeMs: median(times), mbps: median(rates) }
+    } finally {
+      await Promise.all([a.stop(), b.stop()])
+    }
+  }
+  const open = await measure('open')
+  const keyDir = await mkdtemp(join(tmpdir(), 'tm-bench-'))
+  await writeSwarmKey(join(keyDir, 'swarm.key'))
+  const closed = await measure('private', await readSwarmKey(join(keyDir, 'swarm.key')))
+  record({ section: 'trust', name: 'connection handshake (TCP + noise + yamux), private mesh (pnet)', value: closed.handshakeMs, unit: 'ms', baseline: { name: 'open mesh', value: open.handshakeMs, unit: 'ms' }, ratio: closed.handshakeMs / open.handshakeMs })
+  record({ section: 'trust', name: '64 MiB tensor over libp2p streams (no bulk channel), private mesh', value: closed.mbps, unit: 'MB/s', baseline: { name: 'open mesh', value: open.mbps, unit: 'MB/s' }, ratio: closed.mbps / open.mbps, note: 'the bulk channel (4 MiB and more, by default) is beside libp2p and unaffected' })
+}
+
 // ---------------------------------------------------------------- convergence and detection
 async function convergenceSection (): Promise<void> {
   const interval = 2000
@@ -323,7 +381,7 @@ async function convergenceSection (): Promise<void> {
     const info = await new ApiClient(net.node(0).api).node()
     record({ section: 'convergence', name: 'capacity advert size', value: info.adverts.lastAdvertBytes, unit: 'bytes', goal: 'well under 1 KiB' })
     const t0 = performance.now()
-    const extra = await startCli(['start', '--json', '--listen', '/ip4/127.0.0.1/tcp/0', '--api', '127.0.0.1:0', '--workers', '1', '--data-dir', await mkdtemp(join(tmpdir(), 'tm-bench-')), '--log-level', 'warn', '--bootstrap', net.node(0).multiaddrs[0] ?? ''])
+    const extra = await startCli(['start', '--json', '--listen', '/ip4/127.0.0.1/tcp/0', '--api', '127.0.0.1:0', '--workers', '1', '--data-dir', await mkdtemp(join(tmpdir(), 'tm-bench-')), '--log-level', 'warn', '--bootstrap', net.node(0).multiaddrs[0] ?? '', '--swarm-key', net.swarmKey])
     const ready = performance.now()
     const newcomer = (JSON.parse(extra.line) as { peerId: string }).peerId
     const seen = await untilAll(net, (peers) => peers.some(p => p.peerId === newcomer))
@@ -417,7 +475,7 @@ async function checkSampledRows (api: string, id: string, a: HostTensor, b: Host
 }
 
 const run: Record<string, () => Promise<void>> = {
-  compute: computeSection, pool: poolSection, mesh: meshSection, overhead: overheadSection, transfer: transferSection, convergence: convergenceSection, faults: faultsSection
+  compute: computeSection, pool: poolSection, mesh: meshSection, overhead: overheadSection, transfer: transferSection, trust: trustSection, convergence: convergenceSection, faults: faultsSection
 }
 for (const s of sections) {
   const f = run[s]

@@ -20,6 +20,7 @@ import { fileURLToPath } from 'node:url'
 import { encodeNpy, readNpyFile } from '../src/compute/npy.ts'
 import { hostTensor } from '../src/compute/tensor.ts'
 import { mlpParamCount } from '../src/compute/operators/mlp.ts'
+import { ApiClient } from '../src/node/client/index.ts'
 import { BIN, Testnet, log, median } from './bench/lib.ts'
 import type { NodeInfo } from '../src/node/mesh-node.ts'
 import type { JobView } from '../src/node/jobs/job.ts'
@@ -43,7 +44,7 @@ interface Run {
 }
 
 async function nodeInfo (api: string): Promise<NodeInfo> {
-  return await (await fetch(`${api}/v1/node`)).json() as NodeInfo
+  return await new ApiClient(api).node()
 }
 
 /** `tensormesh submit FILE --json`; resolves with its parsed line. */
@@ -64,7 +65,7 @@ async function train (n: number, file: string): Promise<Run> {
     const before = await Promise.all(net.nodes.map(async m => (await nodeInfo(m.api)).blobBytesFetched))
     const rec = await submit(api, file)
     if (rec.state !== 'succeeded') throw new Error(`train on ${n} node(s): ${rec.state}`)
-    const job = await (await fetch(`${api}/v1/jobs/${rec.id}`)).json() as JobView
+    const job = await new ApiClient(api).json<JobView>('GET', `/v1/jobs/${rec.id}`)
     const after = await Promise.all(net.nodes.map(async m => await nodeInfo(m.api)))
     const rounds = job.metrics?.rounds ?? []
     log(`${n} node(s): ${rounds.length} rounds in ${rec.elapsedMs} ms, accuracy ${job.metrics?.accuracy ?? NaN}`)

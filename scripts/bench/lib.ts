@@ -10,7 +10,7 @@ import type { ChildProcess } from 'node:child_process'
 
 export const BIN = fileURLToPath(new URL('../../bin/tensormesh.js', import.meta.url))
 
-export interface Member { peerId: string, api: string, pid: number, multiaddrs: string[] }
+export interface Member { peerId: string, api: string, pid: number, multiaddrs: string[], token: string | null }
 
 export function median (xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b)
@@ -38,17 +38,24 @@ export class Testnet {
   readonly child: ChildProcess
   readonly nodes: Member[]
   readonly formedMs: number
+  /** The testnet's swarm key file: a node that joins it needs `--swarm-key` of it. */
+  readonly swarmKey: string
 
-  private constructor (child: ChildProcess, nodes: Member[], formedMs: number) {
+  private constructor (child: ChildProcess, line: { nodes: Member[], swarmKey: string }, formedMs: number) {
     this.child = child
-    this.nodes = nodes
+    this.nodes = line.nodes
+    this.swarmKey = line.swarmKey
     this.formedMs = formedMs
   }
 
+  /** Starts `testnet --json`; its one API token goes into TENSORMESH_TOKEN, where every client here looks. */
   static async start (n: number, extra: string[] = []): Promise<Testnet> {
     const t0 = performance.now()
     const { child, line } = await startCli(['testnet', '--nodes', String(n), '--json', ...extra])
-    return new Testnet(child, (JSON.parse(line) as { nodes: Member[] }).nodes, performance.now() - t0)
+    const parsed = JSON.parse(line) as { nodes: Member[], swarmKey: string }
+    const token = parsed.nodes[0]?.token
+    if (typeof token === 'string') process.env.TENSORMESH_TOKEN = token
+    return new Testnet(child, parsed, performance.now() - t0)
   }
 
   node (i: number): Member {

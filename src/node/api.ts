@@ -1,4 +1,6 @@
 import { createServer } from 'node:http'
+import { isIP } from 'node:net'
+import { tokenMatches } from './access/index.ts'
 import { InvalidInputError, LimitExceededError, TensormeshError, errorMessage } from '../errors.ts'
 import { MAX_BLOB_BYTES } from '../protocol/blob/index.ts'
 import { encodeNpy } from '../compute/npy.ts'
@@ -42,22 +44,33 @@ export type RouteHandler = (req: IncomingMessage, res: ServerResponse, params: R
 /** Coalesces job updates on an event stream to at most ten a second. */
 const SSE_MIN_GAP_MS = 100
 
-interface Route { method: string, pattern: RegExp, keys: string[], handler: RouteHandler }
+interface Route { method: string, pattern: RegExp, keys: string[], handler: RouteHandler, open: boolean }
+
+export interface RouteOptions {
+  /** Served without the token: the dashboard's static files and its login page. */
+  open?: boolean
+}
 
 /**
- * The node's HTTP API (v1). It binds to 127.0.0.1 unless told otherwise:
- * anyone who can reach it can submit work.
+ * The node's HTTP API (v1). Every route but the dashboard's static files
+ * needs the node's token (`Authorization: Bearer`, or the dashboard's
+ * cookie), and every request must name this server's own address in
+ * `Host`, so a web page in a browser on this machine cannot reach it
+ * through a DNS name it controls (DNS rebinding).
  */
 export class ApiServer {
   private readonly node: MeshNode
   private readonly host: string
   private readonly port: number
   private readonly routes: Route[] = []
+  private readonly token?: string
   private server?: Server
   url?: string
 
-  constructor (node: MeshNode, address: { host: string, port: number }) {
+  /** Without `token` the API is open (only allowed on loopback; the CLI checks). */
+  constructor (node: MeshNode, address: { host: string, port: number }, token?: string) {
     this.node = node
+    this.token = token
     this.host = address.host
     this.port = address.port
     this.route('GET', '/v1/node', (_req, res) => { sendJson(res, 200, this.node.info()) })
@@ -106,10 +119,57 @@ export class ApiServer {
   }
 
   /** Registers a route; `:name` segments become params. */
-  route (method: string, path: string, handler: RouteHandler): void {
+  route (method: string, path: string, handler: RouteHandler, options: RouteOptions = {}): void {
     const keys: string[] = []
     const pattern = new RegExp('^' + path.replace(/:([a-zA-Z]+)/g, (_m, k: string) => { keys.push(k); return '([^/]+)' }) + '$')
-    this.routes.push({ method, pattern, keys, handler })
+    this.routes.push({ method, pattern, keys, handler, open: options.open === true })
+  }
+
+  /** Whether the API asks for a token at all. */
+  get authRequired (): boolean {
+    return this.token !== undefined
+  }
+
+  /** The dashboard's cookie: one name per port, since browsers share cookies across a host's ports. */
+  get cookieName (): string {
+    return `tensormesh_token_${this.boundPort}`
+  }
+
+  private boundPort = 0
+
+  /** A request carries the token: as a bearer header (clients) or the dashboard's cookie (browsers). */
+  authorized (req: IncomingMessage): boolean {
+    if (this.token === undefined) return true
+    const header = req.headers.authorization
+    if (header !== undefined && /^Bearer /i.test(header)) return tokenMatches(this.token, header.slice(7).trim())
+    return tokenMatches(this.token, cookieValue(req.headers.cookie, this.cookieName))
+  }
+
+  /** Whether `token` is this API's token (the dashboard's login). */
+  checkToken (token: string | undefined): boolean {
+    return this.token === undefined || tokenMatches(this.token, token)
+  }
+
+  /**
+   * `Host` must be this server's own address: an IP literal or localhost,
+   * with our port. A DNS name would be how a hostile page in a local
+   * browser reaches us after rebinding its name to 127.0.0.1.
+   */
+  private hostAllowed (host: string | undefined): boolean {
+    if (host === undefined) return false
+    let url: URL
+    try {
+      url = new URL(`http://${host}`)
+    } catch {
+      return false
+    }
+    const port = url.port === '' ? 80 : Number(url.port)
+    if (port !== this.boundPort) return false
+    const name = url.hostname.replace(/^\[|\]$/g, '')
+    if (name === 'localhost') return true
+    if (isIP(name) === 0) return false
+    const wildcard = this.host === '0.0.0.0' || this.host === '::' || this.host === ''
+    return wildcard || name === this.host.replace(/^\[|\]$/g, '')
   }
 
   peers (): PeerView[] {
@@ -151,8 +211,9 @@ export class ApiServer {
     }
     // Progress can change hundreds of times a second; a client needs a few updates a second.
     const schedule = (): void => {
+      // The end goes out at once: a client waiting for a tiny job should not wait out the gap.
+      if (job.finished) { clearTimeout(timer); send(); return }
       if (timer !== undefined) return
-      if (job.finished) { send(); return }
       timer = setTimeout(send, Math.max(0, last + SSE_MIN_GAP_MS - performance.now()))
     }
     const close = (): void => {
@@ -179,6 +240,7 @@ export class ApiServer {
       server.listen(this.port, this.host, () => { resolve() })
     })
     const addr = server.address() as AddressInfo
+    this.boundPort = addr.port
     const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address
     this.url = `http://${host}:${addr.port}`
   }
@@ -194,6 +256,7 @@ export class ApiServer {
   private async handle (req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = (req.url ?? '/').split('?')[0] ?? '/'
     try {
+      if (!this.hostAllowed(req.headers.host)) throw new HttpError(403, 'ERR_BAD_HOST', `Host "${(req.headers.host ?? '').slice(0, 100)}" is not this API's address; use ${this.url ?? 'its IP address and port'}`)
       let pathMatched = false
       for (const route of this.routes) {
         const m = route.pattern.exec(path)
@@ -201,6 +264,10 @@ export class ApiServer {
         pathMatched = true
         if (route.method !== req.method) continue
         const params: Record<string, string> = {}
+        if (!route.open && !this.authorized(req)) {
+          res.setHeader('www-authenticate', 'Bearer realm="tensormesh"')
+          throw new HttpError(401, 'ERR_UNAUTHORIZED', 'this API needs the node\'s token: send Authorization: Bearer TOKEN (the token is in DATA_DIR/api-token; clients take --token or TENSORMESH_TOKEN)')
+        }
         route.keys.forEach((k, i) => { params[k] = decodeURIComponent(m[i + 1] ?? '') })
         await route.handler(req, res, params)
         return
@@ -225,6 +292,21 @@ function statusFor (err: unknown): number {
   if (err instanceof TensormeshError && err.code.endsWith('NOT_FOUND')) return 404
   if (err instanceof TensormeshError && err.code === 'ERR_LIMIT_EXCEEDED') return 413
   return 500
+}
+
+/** One cookie's value from a Cookie header, or undefined. */
+function cookieValue (header: string | undefined, name: string): string | undefined {
+  if (header === undefined) return undefined
+  for (const part of header.split(';')) {
+    const eq = part.indexOf('=')
+    if (eq <= 0 || part.slice(0, eq).trim() !== name) continue
+    try {
+      return decodeURIComponent(part.slice(eq + 1).trim())
+    } catch {
+      return undefined
+    }
+  }
+  return undefined
 }
 
 export function sendBytes (res: ServerResponse, bytes: Uint8Array, filename: string): void {

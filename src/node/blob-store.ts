@@ -50,6 +50,15 @@ export class BlobStore {
   private readonly memory = new Map<string, Uint8Array>()
   private memoryBytes = 0
   private readonly providers = new Map<string, { produce: () => Uint8Array, refs: number }>()
+  /**
+   * Which peer may fetch which CID over /tensormesh/blob/1.0.0: CID -> peer
+   * -> how many of this node's running jobs granted it. A job grants what
+   * its shards name to the peers it sends them to, and releases the grants
+   * when it ends; nothing else is served to peers (this node's own API reads
+   * the store directly). Bounded by the jobs that run at once, the refs a
+   * shard carries and the peers a job uses.
+   */
+  private readonly grants = new Map<string, Map<string, number>>()
 
   constructor (dataDir: string) {
     this.dir = join(dataDir, 'blobs')
@@ -90,6 +99,32 @@ export class BlobStore {
       if (p === undefined) return
       if (--p.refs === 0) this.providers.delete(cid)
     }
+  }
+
+  /** Lets `peer` fetch `cid` until the returned release is called (once per grant; a second call does nothing). */
+  grant (peer: string, cid: string): () => void {
+    let peers = this.grants.get(cid)
+    if (peers === undefined) {
+      peers = new Map()
+      this.grants.set(cid, peers)
+    }
+    peers.set(peer, (peers.get(peer) ?? 0) + 1)
+    let released = false
+    return () => {
+      if (released) return
+      released = true
+      const ps = this.grants.get(cid)
+      const n = ps?.get(peer)
+      if (ps === undefined || n === undefined) return
+      if (n > 1) ps.set(peer, n - 1)
+      else ps.delete(peer)
+      if (ps.size === 0) this.grants.delete(cid)
+    }
+  }
+
+  /** Whether `peer` holds a grant for `cid` (a map lookup: no disk, no hashing). */
+  servable (peer: string, cid: string): boolean {
+    return this.grants.get(cid)?.has(peer) === true
   }
 
   async has (cid: string): Promise<boolean> {

@@ -7,7 +7,9 @@ import { submitCommand, printSummary, progressLine } from './cli-jobs.ts'
 import { connect, resolveToken } from './client/index.ts'
 import type { MeshClient } from './client/index.ts'
 import { createLogger, LOG_LEVELS } from './log.ts'
+import { SWARM_KEY_FILE, loadOrCreateSwarmKey, parsePeerId, readAllowFile, readSwarmKey, writeSwarmKey } from './access/index.ts'
 import { MeshNode } from './mesh-node.ts'
+import { prepareDataDir } from './keys.ts'
 import { runTestnet } from './testnet.ts'
 import type { MeshNodeInit } from './options.ts'
 import type { FaultInjection } from './jobs/job-manager.ts'
@@ -72,14 +74,41 @@ const commands: Command[] = [
   --workers N          executor worker threads (default: one per core)
   --advert-interval MS capacity advert period in ms (default 2000)
   --log-level LEVEL    fatal, error, warn, info, debug, trace (default info)
-  --json               print one JSON line {peerId, multiaddrs, api} when ready
+  --json               print one JSON line {peerId, multiaddrs, api, tokenFile} when ready
+  --swarm-key FILE     the mesh's pre-shared key (tensormesh swarm-key): only nodes holding it
+                       can connect (default DATA_DIR/swarm.key, made on first start: a mesh of one
+                       until you copy it to the other nodes)
+  --open               join an open mesh: no swarm key, any process that reaches the port may join
+  --allow PEERID       accept connections, in or out, only from these peers (repeatable)
+  --allow-file FILE    the same, one peer id per line (# comments)
+  --no-api-auth        serve the API without its token (only with a loopback --api)
   --no-bulk            send every tensor byte on libp2p streams, offering no bulk channel
                        (set it on every node of a mesh whose nodes cannot reach each
                        other's bulk port)
   --inject FAULT       testing only: slow=FACTOR (shards for peers take FACTOR times as long)
                        or wrong (partials for peers are off by one); repeatable`,
-    options: { ...common, ...nodeOptions, inject: { type: 'string', multiple: true }, 'no-bulk': { type: 'boolean' }, listen: { type: 'string', multiple: true }, api: { type: 'string' }, bootstrap: { type: 'string', multiple: true }, mdns: { type: 'boolean' } },
+    options: {
+      ...common, ...nodeOptions, inject: { type: 'string', multiple: true }, 'no-bulk': { type: 'boolean' }, listen: { type: 'string', multiple: true }, api: { type: 'string' }, bootstrap: { type: 'string', multiple: true }, mdns: { type: 'boolean' },
+      'swarm-key': { type: 'string' }, open: { type: 'boolean' }, allow: { type: 'string', multiple: true }, 'allow-file': { type: 'string' }, 'no-api-auth': { type: 'boolean' }
+    },
     run: runStart
+  },
+  {
+    name: 'swarm-key',
+    summary: 'write a new pre-shared key for a private mesh',
+    usage: `tensormesh swarm-key --out FILE
+
+  --out FILE           where to write the key (PSK v1, mode 0600); an existing file is never overwritten
+
+Give every node of the mesh the same file: tensormesh start --swarm-key FILE.`,
+    options: { help: { type: 'boolean', short: 'h' }, out: { type: 'string' } },
+    run: async (values) => {
+      const out = str(values.out)
+      if (out === undefined) throw new UsageError('--out FILE is required')
+      await writeSwarmKey(resolve(out))
+      process.stdout.write(`wrote a swarm key to ${resolve(out)}; start every node with --swarm-key ${resolve(out)}\n`)
+      return 0
+    }
   },
   {
     name: 'testnet',
@@ -92,13 +121,15 @@ const commands: Command[] = [
   --workers N          worker threads per node (default: one per core)
   --advert-interval MS capacity advert period in ms (default 2000)
   --log-level LEVEL    the daemons' log level (default warn)
-  --json               print one JSON line {nodes: [{peerId, api, pid, multiaddrs}]} once the mesh is formed
+  --json               print one JSON line {nodes: [{peerId, api, pid, multiaddrs, token}]} once the mesh is formed
+  --swarm-key FILE     the nodes' pre-shared key (default: a fresh one in the data folder)
   --inject I:FAULT     testing only: give node I a fault (slow=FACTOR or wrong); repeatable
 
 Stays in the foreground; SIGINT or SIGTERM stops every node. Kill or pause
 single nodes by their pid (kill -9, kill -STOP) to watch the mesh cope.`,
-    options: { ...common, ...nodeOptions, nodes: { type: 'string' }, inject: { type: 'string', multiple: true } },
+    options: { ...common, ...nodeOptions, nodes: { type: 'string' }, inject: { type: 'string', multiple: true }, 'swarm-key': { type: 'string' } },
     run: async (values) => await runTestnet({
+      swarmKey: await optionalSwarmKey(values),
       nodes: parseIntFlag(values.nodes, '--nodes', 1, 64, true),
       dataDir: str(values['data-dir']),
       backend: typeof values.backend === 'string' ? parseBackendChoice(values.backend) : undefined,
@@ -252,15 +283,56 @@ export function apiUrl (v: Values[string]): string {
   return url
 }
 
-/** Flags to MeshNodeInit, in one place. */
-export function nodeInit (values: Values): MeshNodeInit {
+/** A --swarm-key file, checked (testnet passes the path on to its nodes). */
+async function optionalSwarmKey (values: Values): Promise<string | undefined> {
+  const path = str(values['swarm-key'])
+  if (path === undefined) return undefined
+  await readSwarmKey(resolve(path))
+  return resolve(path)
+}
+
+/** Errors in a file a flag named (key, allow list): exit code 2. */
+const BAD_FILE_CODES = new Set(['ERR_BAD_SWARM_KEY', 'ERR_KEY_EXISTS', 'ERR_ALLOW_FILE', 'ERR_BAD_PEER_ID'])
+
+const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/
+
+/**
+ * Flags to MeshNodeInit, in one place (reads the key and allow files they
+ * name). `notices` are for the user once the node is up.
+ */
+export async function nodeInit (values: Values): Promise<{ init: MeshNodeInit, notices: string[] }> {
+  const notices: string[] = []
   const logLevel = parseLogLevel(values['log-level'])
-  return {
-    dataDir: resolve(str(values['data-dir']) ?? join(homedir(), '.tensormesh')),
+  const dataDir = resolve(str(values['data-dir']) ?? join(homedir(), '.tensormesh'))
+  const api = parseHostPort(str(values.api) ?? DEFAULT_API)
+  if (values['no-api-auth'] === true && !LOOPBACK.test(api.host)) {
+    throw new UsageError(`--no-api-auth is only allowed with a loopback --api (127.0.0.1, ::1, localhost), not ${api.host}`)
+  }
+  const keyPath = str(values['swarm-key'])
+  if (values.open === true && keyPath !== undefined) throw new UsageError('--open and --swarm-key contradict each other: an open mesh has no key')
+  let swarmKey: Uint8Array | undefined
+  if (values.open !== true) {
+    if (keyPath !== undefined) {
+      swarmKey = await readSwarmKey(resolve(keyPath))
+    } else {
+      await prepareDataDir(dataDir)
+      const own = await loadOrCreateSwarmKey(join(dataDir, SWARM_KEY_FILE))
+      swarmKey = own.key
+      if (own.created) notices.push(`no --swarm-key, so this node made its own (${join(dataDir, SWARM_KEY_FILE)}): only nodes started with --swarm-key of that file can join it`)
+    }
+  }
+  const allowed = [...((values.allow as string[] | undefined) ?? []).map(a => parsePeerId(a, '--allow'))]
+  const allowFile = str(values['allow-file'])
+  if (allowFile !== undefined) allowed.push(...await readAllowFile(resolve(allowFile)))
+  const init: MeshNodeInit = {
+    dataDir,
+    swarmKey,
+    allow: values.allow !== undefined || allowFile !== undefined ? allowed : undefined,
+    apiAuth: values['no-api-auth'] !== true,
     listen: values.listen as string[] | undefined,
     bootstrap: values.bootstrap as string[] | undefined,
     mdns: values.mdns === true,
-    api: parseHostPort(str(values.api) ?? DEFAULT_API),
+    api,
     backend: typeof values.backend === 'string' ? parseBackendChoice(values.backend) : undefined,
     workers: values.workers === undefined ? undefined : parseIntFlag(values.workers, '--workers', 1, 256),
     advertIntervalMs: values['advert-interval'] === undefined ? undefined : parseIntFlag(values['advert-interval'], '--advert-interval', 50, 600_000),
@@ -268,10 +340,12 @@ export function nodeInit (values: Values): MeshNodeInit {
     bulk: values['no-bulk'] !== true,
     logger: createLogger(logLevel)
   }
+  return { init, notices }
 }
 
 async function runStart (values: Values): Promise<number | undefined> {
-  const node = new MeshNode(nodeInit(values))
+  const { init, notices } = await nodeInit(values)
+  const node = new MeshNode(init)
   let stopping = false
   const shutdown = (why: string): void => {
     if (stopping) {
@@ -291,14 +365,16 @@ async function runStart (values: Values): Promise<number | undefined> {
   if (process.send !== undefined) process.on('disconnect', () => { shutdown('parent gone') })
 
   await node.start()
-  const ready = { peerId: node.peerId.toString(), multiaddrs: node.multiaddrs(), api: node.apiUrl }
+  for (const notice of notices) node.log.warn(notice)
+  const ready = { peerId: node.peerId.toString(), multiaddrs: node.multiaddrs(), api: node.apiUrl, tokenFile: node.apiTokenFile ?? null }
   if (values.json === true) {
     process.stdout.write(JSON.stringify(ready) + '\n')
   } else {
     process.stdout.write(`tensormesh node ${ready.peerId}\n  api   ${ready.api ?? '-'}\n  addrs ${ready.multiaddrs.join('\n        ')}\n  backend ${node.pool.backend}, ${node.pool.slots} workers, ${node.pool.gflops.toFixed(1)} GFLOPS\n`)
   }
   if (process.send !== undefined) {
-    process.send({ type: 'ready', ...ready })
+    // The parent is the local testnet: it hands the token to whoever runs it.
+    process.send({ type: 'ready', ...ready, token: node.apiToken ?? null })
     const report = (): void => { process.send?.({ type: 'peers', count: node.directory.size }) }
     node.addEventListener('peer:join', report)
     node.addEventListener('peer:leave', report)
@@ -367,7 +443,9 @@ export async function main (argv: string[]): Promise<void> {
     if (code !== undefined) process.exitCode = code
   } catch (err) {
     const usageErr = err instanceof UsageError
+    // A file the flags named that is wrong is the caller's mistake too: exit 2, like a bad flag.
+    const badFile = err instanceof TensormeshError && BAD_FILE_CODES.has(err.code)
     process.stderr.write(`tensormesh ${command.name}: ${errorMessage(err)}${usageErr ? ` (see tensormesh ${command.name} --help)` : ''}\n`)
-    process.exit(usageErr ? 2 : 1)
+    process.exit(usageErr || badFile ? 2 : 1)
   }
 }

@@ -10,10 +10,11 @@ import { ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
 import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
+import { preSharedKey } from '@libp2p/pnet'
 import { ExecutorPool } from '../compute/index.ts'
 import { InvalidInputError, NotFoundError, errorMessage } from '../errors.ts'
 import { registerBidHandler, BID_PROTOCOL } from '../protocol/bid/index.ts'
-import { CapacityService } from '../protocol/capacity/index.ts'
+import { CapacityService, capacityScoreParams, capacityScoreThresholds } from '../protocol/capacity/index.ts'
 import { DEFAULT_WIRE_LIMITS } from '../protocol/limits.ts'
 import { registerShardHandler, SHARD_PROTOCOL } from '../protocol/shard/index.ts'
 import { JobManager } from './jobs/job-manager.ts'
@@ -25,7 +26,11 @@ import { BulkServer } from '../protocol/bulk/index.ts'
 import type { Tensors } from '../compute/operators/types.ts'
 import { ApiServer } from './api.ts'
 import { loadOrCreateKey, prepareDataDir } from './keys.ts'
+import { AccessGate, loadOrCreateApiToken } from './access/index.ts'
+import type { RefusalReason } from './access/index.ts'
 import { NodeMetrics } from './metrics.ts'
+import { PeerLimits } from './access/peer-limits.ts'
+import type { MisbehaviourInfo } from './access/peer-limits.ts'
 import { silentLogger } from './log.ts'
 import { PeerDirectory } from './peer-directory.ts'
 import type { Job, JobSpec } from './jobs/job.ts'
@@ -77,6 +82,10 @@ export interface NodeInfo {
   /** The bulk channel (large tensors beside libp2p), or null when disabled. */
   bulk: { port: number, bytesServed: number, transfers: number } | null
   adverts: CapacityService['counters']
+  /** Admission: whether the mesh is private (a swarm key), how many peers the allowlist holds (null: any with the key), connections refused by reason. */
+  access: { private: boolean, allowlist: number | null, refused: Record<RefusalReason, number> }
+  /** Per-peer limits: strikes for malformed frames and adverts, peers banned now, refusals. */
+  misbehaving: MisbehaviourInfo
 }
 
 export type MeshNodeEvents = PeerDirectoryEvents
@@ -109,6 +118,10 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
   private blobs?: BlobStore
   private fetcher?: BlobFetcher
   private bulk?: BulkServer
+  private readonly gate: AccessGate
+  /** Rate limits, strikes and bans per peer; `isBanned` is for the connection gater. */
+  readonly peerLimits: PeerLimits
+  private token?: { token: string, path: string }
 
   constructor (init: MeshNodeInit) {
     super()
@@ -118,9 +131,11 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
     this.bootstrap = (init.bootstrap ?? []).map(a => parseMultiaddr(a, '--bootstrap'))
     this.intervalMs = init.advertIntervalMs ?? 2000
     this.limits = { ...DEFAULT_WIRE_LIMITS, ...init.limits }
+    this.gate = new AccessGate({ allow: init.allow, banned: (peer) => this.peerLimits.isBanned(peer) })
     this.directory = new PeerDirectory({ expiryMs: this.intervalMs * 3 })
     this.pool = new ExecutorPool({ workers: init.workers, backend: init.backend ?? 'auto' })
-    this.metrics = new NodeMetrics({ directory: this.directory, pool: this.pool, libp2p: () => this.libp2pNode, adverts: () => this.capacity?.counters, jobs: () => this.jobManager?.list() ?? [] })
+    this.peerLimits = new PeerLimits({ log: this.log, rates: init.rateLimits })
+    this.metrics = new NodeMetrics({ directory: this.directory, pool: this.pool, libp2p: () => this.libp2pNode, adverts: () => this.capacity?.counters, jobs: () => this.jobManager?.list() ?? [], misbehaving: () => this.peerLimits.info() })
     for (const type of ['peer:join', 'peer:update', 'peer:leave'] as const) {
       this.directory.addEventListener(type, (evt) => { this.safeDispatchEvent(type, { detail: evt.detail }) })
     }
@@ -139,6 +154,16 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
     return this.api?.url
   }
 
+  /** The API's bearer token, when the API requires one. */
+  get apiToken (): string | undefined {
+    return this.token?.token
+  }
+
+  /** Where the API token is kept (DATA_DIR/api-token). */
+  get apiTokenFile (): string | undefined {
+    return this.token?.path
+  }
+
   get capacityService (): CapacityService | undefined {
     return this.capacity
   }
@@ -153,6 +178,9 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
         privateKey,
         addresses: { listen: this.listen },
         transports: [tcp()],
+        // With a swarm key, every connection is sealed under it before noise: outsiders never get a handshake.
+        ...(this.init.swarmKey !== undefined ? { connectionProtector: preSharedKey({ psk: this.init.swarmKey }) } : {}),
+        connectionGater: this.gate.gater(),
         connectionEncrypters: [noise()],
         streamMuxers: [yamux()],
         peerDiscovery: this.init.mdns === true ? [mdns()] : [],
@@ -164,7 +192,10 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
             // A lone node still advertises; the first peer to connect gets the next one.
             allowPublishToZeroTopicPeers: true,
             // Adverts are small and few: send our own to every peer we know, not only mesh peers.
-            floodPublish: true
+            floodPublish: true,
+            // Rejected adverts cost their sender score, so a peer sending garbage is graylisted (loopback and the testnet range excepted from IP colocation).
+            scoreParams: capacityScoreParams(),
+            scoreThresholds: capacityScoreThresholds()
           })
         }
       }).catch((err: unknown) => { throw listenError(err, this.listen) })
@@ -176,9 +207,10 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
         this.learnAddrs(evt.detail.capacity.peerId, evt.detail.capacity.addrs)
       })
       this.directory.start()
+      this.peerLimits.attach(this.libp2p, this.directory)
       this.metrics.start()
       this.capacity = new CapacityService(
-        { peerId: this.libp2p.peerId, pubsub: this.libp2p.services.pubsub, directory: this.directory, log: this.log },
+        { peerId: this.libp2p.peerId, pubsub: this.libp2p.services.pubsub, directory: this.directory, log: this.log, guard: this.peerLimits },
         { intervalMs: this.intervalMs, local: () => this.localCapacity() }
       )
       this.pool.addEventListener('change', () => { this.capacity?.changed() })
@@ -195,16 +227,18 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
       }
       this.fetcher = new BlobFetcher(this.libp2p, this.blobs)
       const shared = new SharedCache(this.fetcher, this.limits.maxTensorBytes)
-      await registerBlobHandler(this.libp2p, this.blobs, this.log, this.bulk)
+      await registerBlobHandler(this.libp2p, this.blobs, this.log, this.bulk, this.peerLimits)
       this.jobManager = new JobManager(
         { libp2p: this.libp2p, directory: this.directory, pool: this.pool, log: this.log, blobs: this.blobs, bulk: this.bulk },
-        { journal: this.journal, limits: this.limits, serve: this.init.serve !== false, shardsPerPeer: this.init.shardsPerPeer, hooks: this.init.hooks, faults: this.init.faults, observer: this.metrics }
+        { journal: this.journal, limits: this.limits, serve: this.init.serve !== false, shardsPerPeer: this.init.shardsPerPeer, hooks: this.init.hooks, faults: this.init.faults, observer: this.metrics, peers: this.peerLimits }
       )
       const jobs = this.jobManager
-      await registerBidHandler(this.libp2p, (req) => jobs.bid(req), this.log)
+      await registerBidHandler(this.libp2p, (req, from) => jobs.bid(req, from.toString()), this.log, this.peerLimits)
       await registerShardHandler(this.libp2p, async (shard, signal) => await jobs.execute(shard, signal), this.log, {
         limits: this.limits,
         bulk: this.bulk,
+        guard: this.peerLimits,
+        admit: (from) => jobs.admitShard(from),
         resolve: async (refs, from) => {
           const tensors: Tensors = {}
           const blobs: Record<string, Uint8Array> = {}
@@ -223,7 +257,8 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
       this.connectivityTimer.unref()
 
       if (this.init.api !== false) {
-        this.api = new ApiServer(this, this.init.api ?? { host: '127.0.0.1', port: 0 })
+        if (this.init.apiAuth !== false) this.token = await loadOrCreateApiToken(this.init.dataDir)
+        this.api = new ApiServer(this, this.init.api ?? { host: '127.0.0.1', port: 0 }, this.token?.token)
         await this.api.start()
       }
       this.log.info({ peerId: this.peerId.toString(), addrs: this.multiaddrs(), api: this.api?.url, backend: this.pool.backend, gflops: round(this.pool.gflops) }, 'node started')
@@ -238,6 +273,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
     clearInterval(this.connectivityTimer)
     await this.api?.stop()
     this.jobManager?.stop()
+    this.peerLimits.detach()
     this.metrics.stop()
     if (this.libp2pNode !== undefined) await this.libp2pNode.unhandle([BID_PROTOCOL, SHARD_PROTOCOL, BLOB_PROTOCOL]).catch(() => {})
     this.capacity?.stop()
@@ -311,7 +347,9 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
       blobBytesFetched: this.fetcher?.fetchedBytes ?? 0,
       bulk: this.bulk === undefined ? null : { port: this.bulk.port, bytesServed: this.bulk.bytesServed, transfers: this.bulk.transfers },
       servingShards: this.jobManager?.servingShards ?? 0,
-      adverts: this.capacity?.counters ?? { published: 0, accepted: 0, rejected: { oversized: 0, garbage: 0, spoofed: 0, version: 0, invalid: 0, clock: 0, replayed: 0 }, lastAdvertBytes: 0 }
+      adverts: this.capacity?.counters ?? { published: 0, accepted: 0, rejected: { oversized: 0, garbage: 0, spoofed: 0, version: 0, invalid: 0, clock: 0, replayed: 0 }, lastAdvertBytes: 0 },
+      access: { private: this.init.swarmKey !== undefined, allowlist: this.init.allow?.length ?? null, refused: { ...this.gate.refused } },
+      misbehaving: this.peerLimits.info()
     }
   }
 
@@ -349,6 +387,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
   private dialQuietly (peer: PeerId | undefined, addrs: Multiaddr[]): void {
     if (this.libp2pNode === undefined || this.libp2pNode.status !== 'started') return
     if (peer !== undefined && this.libp2p.getConnections(peer).length > 0) return
+    if (peer !== undefined && this.peerLimits.isBanned(peer.toString())) return
     const target = peer ?? addrs[0]
     if (target === undefined) return
     this.libp2p.dial(peer !== undefined && addrs.length === 0 ? peer : addrs, { signal: AbortSignal.timeout(this.intervalMs * 2) }).catch((err: unknown) => {

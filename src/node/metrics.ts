@@ -6,6 +6,7 @@ import type { JobObserver } from './jobs/job-manager.ts'
 import type { PeerDirectory } from './peer-directory.ts'
 import type { ExecutorPool } from '../compute/index.ts'
 import type { AdvertCounters } from '../protocol/capacity/index.ts'
+import type { MisbehaviourInfo } from './access/peer-limits.ts'
 import type { Libp2p, Metrics } from '@libp2p/interface'
 import type { PrometheusMetricsComponents } from '@libp2p/prometheus-metrics'
 
@@ -27,6 +28,8 @@ export interface NodeMetricsComponents {
   adverts: () => AdvertCounters | undefined
   /** The jobs this node coordinates. */
   jobs: () => Job[]
+  /** Per-peer limits: strikes, bans, refusals (GET /v1/node `misbehaving`). */
+  misbehaving?: () => MisbehaviourInfo | undefined
 }
 
 export interface NodeMetricsEvents {
@@ -88,6 +91,14 @@ export class NodeMetrics extends TypedEventEmitter<NodeMetricsEvents> implements
       const rejected = components.adverts()?.rejected
       return rejected === undefined ? {} : { ...rejected }
     }, 'reason')
+
+    const misbehaving = components.misbehaving ?? (() => undefined)
+    mirrorCounter(this.registry, 'tensormesh_peer_strikes_total', 'Malformed frames and adverts counted against peers, by where they arrived (bid, shard, blob, advert)', () => ({ ...misbehaving()?.strikes }), 'source')
+    mirrorCounter(this.registry, 'tensormesh_peer_bans_total', 'Peers banned for a cool-down after too many strikes', () => ({ '': misbehaving()?.bans ?? 0 }))
+    mirrorCounter(this.registry, 'tensormesh_banned_refused_total', 'Streams, connections and adverts of banned peers that were dropped', () => ({ '': misbehaving()?.refused ?? 0 }))
+    mirrorCounter(this.registry, 'tensormesh_rate_limited_total', 'Requests from peers refused by the per-peer rate limits, by protocol', () => ({ ...misbehaving()?.rateLimited }), 'protocol')
+    mirrorCounter(this.registry, 'tensormesh_shards_over_limit_total', 'Shards refused because their coordinator already held its share of this node', () => ({ '': misbehaving()?.overLimit ?? 0 }))
+    new Gauge({ name: 'tensormesh_peers_banned', help: 'Peers in their ban cool-down now', registers, collect () { this.set(misbehaving()?.banned.length ?? 0) } }) // eslint-disable-line no-new
 
     this.shardCopies = new Counter({ name: 'tensormesh_shard_copies_total', help: 'Shard copies this node sent out as coordinator, by peer and kind (first, retry, backup, replica, check)', labelNames: ['peer', 'kind'], registers })
     this.shardsRun = new Counter({ name: 'tensormesh_shards_run_total', help: 'Shard copies that returned a partial, by the peer that ran them (this node\'s jobs)', labelNames: ['peer'], registers })

@@ -1,4 +1,6 @@
 import type { Logger } from './log.ts'
+import type { RateLimit } from './access/peer-limits.ts'
+import type { GuardedProtocol } from '../protocol/peer-guard.ts'
 import type { BackendChoice } from '../compute/index.ts'
 import type { WireLimits } from '../protocol/limits.ts'
 import type { JobHooks } from './jobs/coordinator.ts'
@@ -16,6 +18,14 @@ export interface MeshNodeInit {
   mdns?: boolean
   /** The HTTP API's address, or false for none (in-process use). */
   api?: { host: string, port: number } | false
+  /** Require the bearer token of DATA_DIR/api-token on the API (default true). */
+  apiAuth?: boolean
+  /** The mesh's pre-shared key (PSK v1 file bytes): only nodes holding it can connect. None: an open mesh. */
+  swarmKey?: Uint8Array
+  /** Peer ids allowed to connect, in or out (after the handshake proves them); none: any peer with the key. */
+  allow?: string[]
+  /** Per-peer request rates (token buckets), each defaulting to DEFAULT_RATE_LIMITS. */
+  rateLimits?: Partial<Record<GuardedProtocol, RateLimit>>
   /** Compute backend; 'auto' picks the best that loads. */
   backend?: BackendChoice
   /** Executor worker threads; default one per core. */

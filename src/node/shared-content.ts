@@ -52,13 +52,17 @@ async function address (bytes: Uint8Array): Promise<Addressed> {
 /**
  * The coordinator's side of content addressing for one job: shared inputs
  * and blobs are addressed through the node's index, and this node serves
- * their bytes to peers until the job ends.
+ * their bytes until the job ends, to the peers it sent shards naming them
+ * and to no one else (a grant per peer and CID, released with the job).
  */
 export class JobShares {
   private readonly store: BlobStore
   private readonly index: ContentIndex
   private readonly served = new Set<string>()
+  /** `peer cid` pairs this job granted. */
+  private readonly granted = new Set<string>()
   private readonly releases: Array<() => void> = []
+  private released = false
 
   constructor (store: BlobStore, index: ContentIndex) {
     this.store = store
@@ -73,14 +77,31 @@ export class JobShares {
     return this.serve(await this.index.blob(bytes))
   }
 
-  /** Stop serving this job's content. */
+  /**
+   * Lets `peer` fetch these CIDs while the job lives: called as a shard
+   * naming them goes to that peer. After release() it grants nothing (a
+   * shard still being sent then is aborted anyway).
+   */
+  grant (peer: string, cids: string[]): void {
+    if (this.released) return
+    for (const cid of cids) {
+      const key = `${peer} ${cid}`
+      if (this.granted.has(key)) continue
+      this.granted.add(key)
+      this.releases.push(this.store.grant(peer, cid))
+    }
+  }
+
+  /** Stop serving this job's content, to every peer. */
   release (): void {
+    this.released = true
     for (const r of this.releases.splice(0)) r()
     this.served.clear()
+    this.granted.clear()
   }
 
   private serve (a: Addressed): string {
-    if (!this.served.has(a.cid)) {
+    if (!this.served.has(a.cid) && !this.released) {
       this.served.add(a.cid)
       this.releases.push(this.store.provide(a.cid, () => a.bytes))
     }

@@ -3,6 +3,7 @@ import { mkdtemp, mkdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { SWARM_KEY_FILE, generateApiToken, loadOrCreateSwarmKey, provideApiToken } from './access/index.ts'
 import type { ChildProcess } from 'node:child_process'
 
 const BIN = fileURLToPath(new URL('../../bin/tensormesh.js', import.meta.url))
@@ -20,6 +21,8 @@ export interface TestnetInit {
   json: boolean
   /** Faults per node index (testing only), as `start --inject` takes them. */
   inject?: Map<number, string[]>
+  /** The nodes' swarm key file; default a fresh one in the data folder, so every testnet is private. */
+  swarmKey?: string
 }
 
 export interface TestnetMember {
@@ -28,10 +31,12 @@ export interface TestnetMember {
   api: string
   pid: number
   multiaddrs: string[]
+  /** The node's API token (null when it runs without one). */
+  token: string | null
 }
 
 type ChildMessage =
-  | { type: 'ready', peerId: string, multiaddrs: string[], api: string }
+  | { type: 'ready', peerId: string, multiaddrs: string[], api: string, token: string | null }
   | { type: 'peers', count: number }
 
 interface Child {
@@ -52,14 +57,23 @@ export async function runTestnet (init: TestnetInit): Promise<number | undefined
   const ownDir = init.dataDir === undefined
   const base = ownDir ? await mkdtemp(join(tmpdir(), 'tensormesh-testnet-')) : resolve(init.dataDir ?? '.')
   await mkdir(base, { recursive: true })
+  let swarmKey = init.swarmKey
+  if (swarmKey === undefined) {
+    swarmKey = join(base, SWARM_KEY_FILE)
+    await loadOrCreateSwarmKey(swarmKey)
+  }
   const children: Child[] = []
   let stopping = false
   let formed = false
   const started = performance.now()
 
+  // One API token for the testnet's nodes (a node that already has one keeps it).
+  const token = generateApiToken()
+  await Promise.all(Array.from({ length: init.nodes }, async (_, i) => { await provideApiToken(join(base, `node-${i}`), token) }))
+
   const spawnNode = (index: number, bootstrap: string[]): Child => {
     const args = ['start', '--json', '--listen', '/ip4/127.0.0.1/tcp/0', '--api', '127.0.0.1:0',
-      '--data-dir', join(base, `node-${index}`), '--log-level', init.logLevel]
+      '--data-dir', join(base, `node-${index}`), '--log-level', init.logLevel, '--swarm-key', swarmKey]
     for (const b of bootstrap) args.push('--bootstrap', b)
     if (init.backend !== undefined) args.push('--backend', init.backend)
     if (init.workers !== undefined) args.push('--workers', String(init.workers))
@@ -69,7 +83,7 @@ export async function runTestnet (init: TestnetInit): Promise<number | undefined
     const child: Child = { index, proc, peers: 0, exited: false, ready: Promise.resolve() as unknown as Promise<TestnetMember> }
     child.ready = new Promise<TestnetMember>((resolve, reject) => {
       proc.on('message', (msg: ChildMessage) => {
-        if (msg.type === 'ready') resolve({ index, peerId: msg.peerId, api: msg.api, pid: proc.pid ?? 0, multiaddrs: msg.multiaddrs })
+        if (msg.type === 'ready') resolve({ index, peerId: msg.peerId, api: msg.api, pid: proc.pid ?? 0, multiaddrs: msg.multiaddrs, token: msg.token })
         if (msg.type === 'peers') {
           child.peers = msg.count
           checkFormed()
@@ -129,12 +143,14 @@ export async function runTestnet (init: TestnetInit): Promise<number | undefined
     const members = await Promise.all(children.map(async c => await c.ready))
     checkFormed()
     await formedPromise
-    const line = { nodes: members.map(m => ({ peerId: m.peerId, api: m.api, pid: m.pid, multiaddrs: m.multiaddrs })) }
+    const line = { nodes: members.map(m => ({ peerId: m.peerId, api: m.api, pid: m.pid, multiaddrs: m.multiaddrs, token: m.token })), swarmKey }
     if (init.json) {
       process.stdout.write(JSON.stringify(line) + '\n')
     } else {
       process.stdout.write(`testnet of ${init.nodes} nodes formed in ${((performance.now() - started) / 1000).toFixed(1)} s (Ctrl-C stops it)\n`)
       for (const m of members) process.stdout.write(`  node ${m.index}  pid ${m.pid}  api ${m.api}  ${m.peerId}\n`)
+      const dashboard = members[0]
+      if (dashboard !== undefined) process.stdout.write(`dashboard: ${dashboard.api}/${dashboard.token !== null ? `?token=${dashboard.token}` : ''}\n`)
     }
   } catch (err) {
     await stopAll()

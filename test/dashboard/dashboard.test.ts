@@ -4,8 +4,8 @@ import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { chromium } from 'playwright-core'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { exited, startCli, waitGone } from '../helpers/cli.ts'
-import { startNode } from '../helpers/mesh.ts'
+import { authHeaders, exited, startCli, useToken, waitGone } from '../helpers/cli.ts'
+import { TEST_TOKEN, startNode } from '../helpers/mesh.ts'
 import type { JobView } from '../../src/node/jobs/job.ts'
 import type { MeshNode } from '../../src/node/mesh-node.ts'
 import type { ChildProcess } from 'node:child_process'
@@ -14,7 +14,7 @@ import type { BrowserContext, Page } from 'playwright-core'
 const CHROMIUM = '/usr/bin/chromium'
 const SCREENSHOT = fileURLToPath(new URL('../../test-results/dashboard.png', import.meta.url))
 
-interface TestnetLine { nodes: Array<{ peerId: string, api: string, pid: number, multiaddrs: string[] }> }
+interface TestnetLine { nodes: Array<{ peerId: string, api: string, pid: number, multiaddrs: string[], token: string }> }
 
 let browser: BrowserContext
 let profile: string
@@ -39,14 +39,28 @@ afterAll(async () => {
   if (profile !== undefined) rmSync(profile, { recursive: true, force: true })
 })
 
-async function openPage (api: string): Promise<{ page: Page, errors: string[] }> {
+/**
+ * Opens the dashboard as a user does: the page asks for the token, the user
+ * types it in (`form`) or opens the `/?token=` link once (`link`); either
+ * way the browser keeps it in a cookie and the dashboard loads.
+ */
+async function openPage (api: string, token: string, login: 'form' | 'link'): Promise<{ page: Page, errors: string[] }> {
   const page = await browser.newPage()
   const errors: string[] = []
   page.on('pageerror', (err) => { errors.push(err.message) })
   page.on('console', (msg) => { if (msg.type() === 'error') errors.push(msg.text()) })
   // The page must load nothing but what the node serves.
   page.on('request', (req) => { if (!req.url().startsWith(api)) errors.push(`request off the node: ${req.url()}`) })
-  await page.goto(api)
+  if (login === 'form') {
+    await page.goto(api)
+    await page.locator('[data-testid=login] input[name=token]').fill(token)
+    await page.locator('[data-testid=login] button').click()
+  } else {
+    await page.goto(`${api}/?token=${encodeURIComponent(token)}`)
+  }
+  // Logged in: the dashboard itself, and the token is not left in the address bar.
+  await page.locator('#peers').waitFor()
+  expect(new URL(page.url()).search).toBe('')
   return { page, errors }
 }
 
@@ -60,9 +74,10 @@ describe('dashboard on a three-node testnet started through the CLI', () => {
     const started = await startCli(['testnet', '--nodes', '3', '--json', '--workers', '1', '--advert-interval', '500'])
     testnet = started.child
     net = JSON.parse(started.line) as TestnetLine
+    useToken(net)
     const first = net.nodes[0]
     if (first === undefined) throw new Error('testnet printed no node')
-    ;({ page, errors } = await openPage(first.api))
+    ;({ page, errors } = await openPage(first.api, first.token, 'form'))
   })
 
   afterAll(async () => {
@@ -72,6 +87,23 @@ describe('dashboard on a three-node testnet started through the CLI', () => {
       await exited(testnet)
     }
     if (net !== undefined) await waitGone(net.nodes.map(n => n.pid), 10_000)
+  })
+
+  it('asks for the token: without it the page is a login form, the API answers 401, a wrong token is refused', async () => {
+    const api = net.nodes[1]?.api ?? ''
+    const other = await browser.newPage()
+    try {
+      await other.goto(api)
+      expect(await other.locator('[data-testid=login]').count()).toBe(1)
+      expect(await other.locator('#peers').count()).toBe(0)
+      const wrong = await other.goto(`${api}/?token=not-the-token`)
+      expect(wrong?.status()).toBe(401)
+      expect(await other.locator('[data-testid=login]').count()).toBe(1)
+    } finally {
+      await other.close()
+    }
+    expect((await fetch(`${api}/v1/peers`)).status).toBe(401)
+    expect((await fetch(`${api}/v1/peers`, { headers: authHeaders() })).status).toBe(200)
   })
 
   it('lists all three peers, each with its full peer id, this node marked', async () => {
@@ -102,7 +134,7 @@ describe('dashboard on a three-node testnet started through the CLI', () => {
     await row.waitFor()
     const id = await row.getAttribute('data-job-id')
     expect(id).toMatch(/^[0-9a-f-]{36}$/)
-    const job = await (await fetch(`${net.nodes[0]?.api ?? ''}/v1/jobs/${id ?? ''}`)).json() as JobView
+    const job = await (await fetch(`${net.nodes[0]?.api ?? ''}/v1/jobs/${id ?? ''}`, { headers: authHeaders() })).json() as JobView
     expect(job.state).toBe('succeeded')
     expect(job.op).toBe('matmul')
     expect(job.inputs).toEqual({ a: { dtype: 'float32', shape: [256, 128] }, b: { dtype: 'float32', shape: [128, 64] } })
@@ -147,7 +179,7 @@ describe('dashboard cancel', () => {
 
   it('cancels a running job from its row', async () => {
     const api = node.apiUrl ?? ''
-    const { page, errors } = await openPage(api)
+    const { page, errors } = await openPage(api, TEST_TOKEN, 'link')
     try {
       await page.selectOption('#example', 'map-chain')
       await page.click('#submit-button')

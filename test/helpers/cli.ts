@@ -5,6 +5,23 @@ import type { ChildProcess } from 'node:child_process'
 
 export const BIN = fileURLToPath(new URL('../../bin/tensormesh.js', import.meta.url))
 
+/**
+ * A testnet gives all its nodes one API token: put it where every client
+ * (this process's, and the CLI children it spawns) looks, TENSORMESH_TOKEN.
+ */
+export function useToken (net: { nodes: Array<{ token?: string | null }> }): string {
+  const token = net.nodes[0]?.token
+  if (typeof token !== 'string') throw new Error('the testnet printed no API token')
+  process.env.TENSORMESH_TOKEN = token
+  return token
+}
+
+/** Headers for a plain fetch() to a node's API. */
+export function authHeaders (): Record<string, string> {
+  const token = process.env.TENSORMESH_TOKEN
+  return token === undefined ? {} : { authorization: `Bearer ${token}` }
+}
+
 export interface CliResult { code: number | null, signal: NodeJS.Signals | null, stdout: string, stderr: string }
 
 /** Runs the real CLI to completion. */

@@ -2,14 +2,24 @@ import { mkdtemp } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { MeshNode } from '../../src/node/mesh-node.ts'
+import { generateApiToken, provideApiToken } from '../../src/node/access/index.ts'
 import type { MeshNodeInit } from '../../src/node/options.ts'
+
+/**
+ * One API token for every node a test file starts, in the environment so
+ * that clients find it as users' clients do (TENSORMESH_TOKEN).
+ */
+export const TEST_TOKEN = generateApiToken()
+process.env.TENSORMESH_TOKEN = TEST_TOKEN
 
 /** Short adverts so e2e tests run in seconds; expiry is three of these. */
 export const TEST_ADVERT_INTERVAL_MS = 400
 
 export async function startNode (init: Partial<MeshNodeInit> = {}): Promise<MeshNode> {
+  const dataDir = init.dataDir ?? await mkdtemp(join(tmpdir(), 'tm-node-'))
+  await provideApiToken(dataDir, TEST_TOKEN)
   const node = new MeshNode({
-    dataDir: await mkdtemp(join(tmpdir(), 'tm-node-')),
+    dataDir,
     listen: ['/ip4/127.0.0.1/tcp/0'],
     api: { host: '127.0.0.1', port: 0 },
     backend: 'wasm',

@@ -144,7 +144,8 @@ export class Scrape {
 }
 
 export async function scrape (api: string): Promise<{ scrape: Scrape, contentType: string }> {
-  const res = await fetch(`${api}/metrics`)
+  const token = process.env.TENSORMESH_TOKEN
+  const res = await fetch(`${api}/metrics`, { headers: token === undefined ? {} : { authorization: `Bearer ${token}` } })
   if (!res.ok) throw new Error(`GET /metrics answered ${res.status}`)
   return { scrape: new Scrape(await res.text()), contentType: res.headers.get('content-type') ?? '' }
 }

@@ -93,10 +93,13 @@ describe('the client token', () => {
     })
     await new Promise<void>(resolve => { server.listen(0, '127.0.0.1', resolve) })
     const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+    const env = process.env.TENSORMESH_TOKEN
+    delete process.env.TENSORMESH_TOKEN
     try {
       await connect(url, { token: 's3cret' }).peers()
       await connect(url, { dataDir: mkdtempSync(join(tmpdir(), 'tm-token-')) }).jobs()
     } finally {
+      process.env.TENSORMESH_TOKEN = env
       await new Promise<void>(resolve => { server.close(() => { resolve() }) })
     }
     expect(seen).toEqual(['Bearer s3cret', undefined])

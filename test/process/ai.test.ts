@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { loadBackend } from '../../src/compute/backend.ts'
 import { decodeNpy, encodeNpy, readNpyFile } from '../../src/compute/npy.ts'
 import { hostTensor } from '../../src/compute/tensor.ts'
-import { exited, runCli, startCli, waitGone } from '../helpers/cli.ts'
+import { authHeaders, exited, runCli, startCli, useToken, waitGone } from '../helpers/cli.ts'
 import { numpy } from '../helpers/numpy.ts'
 import type { LayersModel } from '@tensorflow/tfjs-layers'
 import type { HostTensor } from '../../src/compute/tensor.ts'
@@ -42,7 +42,7 @@ const PROB_TOLERANCE = 1e-4
 /** topk scores in float32 (TF.js matMul vs numpy), cosines in [-1, 1]. */
 const SIM_TOLERANCE = 1e-5
 
-interface Member { peerId: string, api: string, pid: number, multiaddrs: string[] }
+interface Member { peerId: string, api: string, pid: number, multiaddrs: string[], token: string }
 interface SubmitJson {
   id: string
   state: string
@@ -60,7 +60,7 @@ let tf: TF
 let model: LayersModel | undefined
 
 async function nodeInfo (api: string): Promise<NodeInfo> {
-  return await (await fetch(`${api}/v1/node`)).json() as NodeInfo
+  return await (await fetch(`${api}/v1/node`, { headers: authHeaders() })).json() as NodeInfo
 }
 
 /** Runs `tensormesh submit ... --json` against the first node and parses its one line. */
@@ -123,6 +123,7 @@ beforeAll(async () => {
   const started = await startCli(['testnet', '--nodes', '3', '--workers', '1', '--json'])
   testnet = started.child
   nodes = (JSON.parse(started.line) as { nodes: Member[] }).nodes
+  useToken({ nodes })
 }, 120_000)
 
 afterAll(async () => {
@@ -150,7 +151,7 @@ describe('AI workloads on testnet --nodes 3 through the real CLI', () => {
     for (const r of rec.metrics?.rounds ?? []) expect(r.accuracy).toBeGreaterThan(0)
 
     // The full record has per-round peers and times.
-    const full = await (await fetch(`${nodes[0]?.api ?? ''}/v1/jobs/${rec.id}`)).json() as JobView
+    const full = await (await fetch(`${nodes[0]?.api ?? ''}/v1/jobs/${rec.id}`, { headers: authHeaders() })).json() as JobView
     const perRound = full.metrics?.rounds ?? []
     expect(perRound).toHaveLength(rounds)
     // Every round's gradient came from several peers; most from all three
@@ -182,7 +183,7 @@ describe('AI workloads on testnet --nodes 3 through the real CLI', () => {
     model = await loadModelDir(join(work, 'models/mnist-mlp'))
     expect(model.inputs[0]?.shape).toEqual([null, 784])
     expect(model.outputs[0]?.shape).toEqual([null, 10])
-    const res = await fetch(`${nodes[0]?.api ?? ''}/v1/jobs/${rec.id}/result`)
+    const res = await fetch(`${nodes[0]?.api ?? ''}/v1/jobs/${rec.id}/result`, { headers: authHeaders() })
     const w = decodeNpy(new Uint8Array(await res.arrayBuffer()), 'w').data as Float32Array
     expect(w.length).toBe(paramCount)
     const flat = new Float32Array(paramCount)

@@ -1,17 +1,17 @@
 import { createServer } from 'node:net'
-import { mkdtempSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { readNpyFile } from '../../src/compute/npy.ts'
-import { alive, exited, runCli, startCli, waitGone } from '../helpers/cli.ts'
+import { alive, authHeaders, exited, runCli, startCli, useToken, waitGone } from '../helpers/cli.ts'
 import { load, numpy, relError } from '../helpers/numpy.ts'
 import type { PeerView } from '../../src/node/api.ts'
 import type { ChildProcess } from 'node:child_process'
 
 const INTERVAL_MS = 500
 
-interface TestnetLine { nodes: Array<{ peerId: string, api: string, pid: number, multiaddrs: string[] }> }
+interface TestnetLine { nodes: Array<{ peerId: string, api: string, pid: number, multiaddrs: string[], token: string }> }
 
 describe('testnet through the real CLI', () => {
   let testnet: ChildProcess
@@ -33,6 +33,7 @@ np.save(f'{out}/c.npy', np.ones((5, 7), np.float32))
     const started = await startCli(['testnet', '--nodes', '3', '--json', '--workers', '1', '--advert-interval', String(INTERVAL_MS)])
     testnet = started.child
     net = JSON.parse(started.line) as TestnetLine
+    useToken(net)
   })
 
   afterAll(async () => {
@@ -86,7 +87,7 @@ np.save(f'{out}/c.npy', np.ones((5, 7), np.float32))
     expect(res.code).not.toBe(0)
     expect(res.stderr.trim().split('\n')).toHaveLength(1)
     expect(res.stderr).toMatch(/\[53, 97\].*\[5, 7\]/)
-    const node = await fetch(`${net.nodes[0]?.api ?? ''}/v1/node`)
+    const node = await fetch(`${net.nodes[0]?.api ?? ''}/v1/node`, { headers: authHeaders() })
     expect(node.status).toBe(200)
   })
 
@@ -101,7 +102,7 @@ np.save(f'{out}/c.npy', np.ones((5, 7), np.float32))
     // Polling the HTTP API is what a user would do; the deadline is the issue's bound.
     while (remaining.size > 0 && Date.now() < deadline + 2000) {
       for (const api of [...remaining]) {
-        const peers = await (await fetch(`${api}/v1/peers`)).json() as PeerView[]
+        const peers = await (await fetch(`${api}/v1/peers`, { headers: authHeaders() })).json() as PeerView[]
         if (!peers.some(p => p.peerId === victim.peerId)) remaining.delete(api)
       }
       await new Promise(resolve => setTimeout(resolve, 50))
@@ -181,8 +182,41 @@ describe('bad input to the CLI: one line naming the problem, non-zero exit', () 
     expect(res.stderr).toMatch(/data directory .*a-file\/data is not writable/)
   })
 
+  it('swarm-key writes a PSK v1 key readable by its owner only, and never overwrites one', async () => {
+    const out = join(mkdtempSync(join(tmpdir(), 'tm-key-')), 'mesh.key')
+    const made = await runCli(['swarm-key', '--out', out])
+    expect(made.code).toBe(0)
+    expect(readFileSync(out, 'utf8')).toMatch(/^\/key\/swarm\/psk\/1\.0\.0\/\n\/base16\/\n[0-9a-f]{64}\n$/)
+    expect(statSync(out).mode & 0o777).toBe(0o600)
+    const before = readFileSync(out, 'utf8')
+    const again = await runCli(['swarm-key', '--out', out])
+    expect(again.code).toBe(2)
+    expect(oneLine(again.stderr)).toHaveLength(1)
+    expect(again.stderr).toMatch(/exists; a swarm key is never overwritten/)
+    expect(readFileSync(out, 'utf8')).toBe(before)
+  })
+
+  it('a malformed key file, a bad peer id in an allow file, --no-api-auth off loopback: one line naming it, exit 2', async () => {
+    const work = mkdtempSync(join(tmpdir(), 'tm-bad-'))
+    const key = join(work, 'bad.key')
+    writeFileSync(key, '/key/swarm/psk/1.0.0/\n/base16/\nnot-hex\n')
+    const badKey = await runCli(['start', '--swarm-key', key, '--api', '127.0.0.1:0', '--data-dir', join(work, 'a')])
+    expect(badKey.code).toBe(2)
+    expect(oneLine(badKey.stderr)).toHaveLength(1)
+    expect(badKey.stderr).toContain(`swarm key ${key}, line 3: expected 64 hex digits`)
+    const allow = join(work, 'allow.txt')
+    writeFileSync(allow, '# friends\n12D3KooWQMJva4ahgoFetbHXK8SiJHVDYZoyfptSs2ngWMBVriSQ\n\nnot-a-peer-id # typo\n')
+    const badAllow = await runCli(['start', '--allow-file', allow, '--api', '127.0.0.1:0', '--data-dir', join(work, 'b')])
+    expect(badAllow.code).toBe(2)
+    expect(oneLine(badAllow.stderr)).toHaveLength(1)
+    expect(badAllow.stderr).toContain(`${allow}:4: "not-a-peer-id" is not a peer id`)
+    const open = await runCli(['start', '--no-api-auth', '--api', '0.0.0.0:0', '--data-dir', join(work, 'c')])
+    expect(open.code).toBe(2)
+    expect(open.stderr).toMatch(/--no-api-auth is only allowed with a loopback --api/)
+  })
+
   it('--help for each command', async () => {
-    for (const cmd of ['start', 'testnet', 'peers', 'submit', 'status', 'jobs']) {
+    for (const cmd of ['start', 'testnet', 'swarm-key', 'peers', 'submit', 'status', 'jobs']) {
       const res = await runCli([cmd, '--help'])
       expect(res.code).toBe(0)
       expect(res.stdout).toMatch(new RegExp(`^tensormesh ${cmd}`))

@@ -5,14 +5,15 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { decodeNpy } from '../../src/compute/npy.ts'
 import { jobForm, readJobFile } from '../../src/node/cli-jobs.ts'
 import { ApiClient, RemoteJob } from '../../src/node/client/index.ts'
-import { alive, exited, pollUntil, startCli } from '../helpers/cli.ts'
+import { alive, exited, pollUntil, startCli, useToken } from '../helpers/cli.ts'
+import { provideApiToken } from '../../src/node/access/index.ts'
 import { load, numpy, relError } from '../helpers/numpy.ts'
 import type { NodeInfo } from '../../src/node/mesh-node.ts'
 import type { JobView } from '../../src/node/jobs/job.ts'
 import type { ChildProcess } from 'node:child_process'
 
 const INTERVAL_MS = 500
-interface Member { peerId: string, api: string, pid: number, multiaddrs: string[] }
+interface Member { peerId: string, api: string, pid: number, multiaddrs: string[], token: string }
 
 let dir: string
 beforeAll(() => {
@@ -63,6 +64,7 @@ describe('workers that die or freeze mid-job', () => {
       '--inject', '2:slow=100', '--inject', '3:slow=100', '--inject', '4:slow=100'])
     testnet = started.child
     nodes = (JSON.parse(started.line) as { nodes: Member[] }).nodes
+    useToken({ nodes })
   })
 
   afterAll(async () => {
@@ -113,6 +115,7 @@ describe('workers that die or freeze mid-job', () => {
 describe('a coordinator that dies', () => {
   let testnet: ChildProcess
   let peers: Member[]
+  let swarmKey: string
   let coord: ChildProcess
   // Every coordinator this block starts, so none outlives the tests.
   const started: ChildProcess[] = []
@@ -121,7 +124,10 @@ describe('a coordinator that dies', () => {
     const started = await startCli(['testnet', '--nodes', '2', '--json', '--workers', '1', '--advert-interval', String(INTERVAL_MS),
       '--inject', '0:slow=100', '--inject', '1:slow=100'])
     testnet = started.child
-    peers = (JSON.parse(started.line) as { nodes: Member[] }).nodes
+    const line = JSON.parse(started.line) as { nodes: Member[], swarmKey: string }
+    peers = line.nodes
+    swarmKey = line.swarmKey
+    useToken(line)
   })
 
   afterAll(async () => {
@@ -138,8 +144,10 @@ describe('a coordinator that dies', () => {
   })
 
   const startCoordinator = async (dataDir: string): Promise<{ child: ChildProcess, api: string }> => {
+    // A node joining the testnet's private mesh: its swarm key, and (so one client token serves all) its API token.
+    await provideApiToken(dataDir, peers[0]?.token ?? '')
     const { child, line } = await startCli(['start', '--json', '--listen', '/ip4/127.0.0.1/tcp/0', '--api', '127.0.0.1:0', '--workers', '1',
-      '--advert-interval', String(INTERVAL_MS), '--data-dir', dataDir, '--log-level', 'warn', '--bootstrap', peers[0]?.multiaddrs[0] ?? ''])
+      '--advert-interval', String(INTERVAL_MS), '--data-dir', dataDir, '--log-level', 'warn', '--bootstrap', peers[0]?.multiaddrs[0] ?? '', '--swarm-key', swarmKey])
     started.push(child)
     const api = (JSON.parse(line) as { api: string }).api
     // Wait until it sees both peers, as a user would check with `peers`.

@@ -81,7 +81,7 @@ describe('the npm package', () => {
       createInterface({ input: testnet?.stdout as NodeJS.ReadableStream }).once('line', resolve)
       testnet?.once('exit', (code) => { reject(new Error(`testnet exited ${code ?? '?'}: ${stderr}`)) })
     })
-    const net = JSON.parse(line) as { nodes: Array<{ api: string, pid: number }> }
+    const net = JSON.parse(line) as { nodes: Array<{ api: string, pid: number, token: string }> }
     expect(net.nodes).toHaveLength(2)
     // A user's program: ESM importing the package's client, on the package's Node 22.
     writeFileSync(join(dir, 'use.mjs'), `
@@ -93,7 +93,8 @@ const job = await mesh.submit({ op: 'matmul', inputs: { a, b } })
 const out = await job.result()
 console.log(JSON.stringify({ shape: out.shape, data: [...out.data], peers: (await mesh.peers()).length }))
 `)
-    const used = execFileSync(join(dir, 'node_modules', '.bin', 'node'), ['use.mjs', net.nodes[0]?.api ?? ''], { cwd: dir, encoding: 'utf8' })
+    // The token as a user passes it to any client: TENSORMESH_TOKEN.
+    const used = execFileSync(join(dir, 'node_modules', '.bin', 'node'), ['use.mjs', net.nodes[0]?.api ?? ''], { cwd: dir, encoding: 'utf8', env: { ...process.env, TENSORMESH_TOKEN: net.nodes[0]?.token } })
     // [[1,2,3],[4,5,6]] @ [[1,0],[0,1],[1,1]] = [[4,5],[10,11]], exact in float32.
     expect(JSON.parse(used)).toEqual({ shape: [2, 2], data: [4, 5, 10, 11], peers: 1 })
     await stopGroup(testnet, 'SIGINT')

@@ -184,14 +184,17 @@ describe('blob protocol', () => {
   it('serves a stored blob in chunks and the fetcher checks its hash', async () => {
     const bytes = Uint8Array.from({ length: CHUNK_BYTES + 1000 }, (_, i) => i * 7)
     const cid = await store.put(bytes)
+    // Peers get only what a job of this node granted them.
+    const release = store.grant(peer.toString(), cid)
     const [client, server] = await streamPair()
     void handleBlobStream(server, peer, store, log)
     expect(await blobOverStream(client, cid)).toEqual(bytes)
+    release()
   })
 
   it('refuses bytes that do not hash to the CID', async () => {
     const good = await cidOf(Uint8Array.from([1, 2, 3]))
-    const liar = { get: async () => Uint8Array.from([4, 5, 6]) } as unknown as BlobStore
+    const liar = { servable: () => true, get: async () => Uint8Array.from([4, 5, 6]) } as unknown as BlobStore
     const [client, server] = await streamPair()
     void handleBlobStream(server, peer, liar, log)
     await expect(blobOverStream(client, good)).rejects.toMatchObject({ code: 'ERR_BLOB_HASH' })
@@ -200,6 +203,7 @@ describe('blob protocol', () => {
   it('refuses a blob over the size limit before allocating, and a blob the peer lacks', async () => {
     const bytes = new Uint8Array(4096)
     const cid = await store.put(bytes)
+    store.grant(peer.toString(), cid)
     const [client, server] = await streamPair()
     void handleBlobStream(server, peer, store, log)
     await expect(blobOverStream(client, cid, undefined, 1024)).rejects.toMatchObject({ code: 'ERR_LIMIT_EXCEEDED' })

@@ -1,6 +1,39 @@
+import { readFileSync } from 'node:fs'
+import { homedir } from 'node:os'
+import { join } from 'node:path'
 import { TensormeshError } from '../../errors.ts'
+import { API_TOKEN_FILE } from '../access/index.ts'
 import type { PeerView } from '../api.ts'
 import type { NodeInfo } from '../mesh-node.ts'
+
+/** Where a node keeps its key, journal and API token unless told otherwise. */
+export const DEFAULT_DATA_DIR = join(homedir(), '.tensormesh')
+/** The API token's file name inside a node's data directory. */
+export const TOKEN_FILE = API_TOKEN_FILE
+
+export interface ConnectOptions {
+  /** The API token; else `TENSORMESH_TOKEN`; else `DATA_DIR/api-token`. */
+  token?: string
+  /** Where to look for the token file (default ~/.tensormesh). */
+  dataDir?: string
+}
+
+/**
+ * The token a client sends, in the order every client uses: an explicit
+ * one, then the environment, then the node's token file. Undefined when
+ * there is none (a node without API auth).
+ */
+export function resolveToken (options: ConnectOptions = {}, env: NodeJS.ProcessEnv = process.env): string | undefined {
+  if (options.token !== undefined && options.token !== '') return options.token
+  const fromEnv = env.TENSORMESH_TOKEN
+  if (fromEnv !== undefined && fromEnv !== '') return fromEnv
+  try {
+    const text = readFileSync(join(options.dataDir ?? DEFAULT_DATA_DIR, TOKEN_FILE), 'utf8').trim()
+    return text === '' ? undefined : text
+  } catch {
+    return undefined
+  }
+}
 
 /** An error the API answered with (`{error: {code, message}}`), or a failure to reach it. */
 export class ApiError extends TensormeshError {
@@ -17,8 +50,8 @@ export class ApiClient {
   readonly base: string
   private readonly token?: string
 
-  /** `token`, when given, goes with every request as `Authorization: Bearer`. */
-  constructor (base: string, token?: string) {
+  /** `token` goes with every request as `Authorization: Bearer`; by default it is found as every client finds it (resolveToken). */
+  constructor (base: string, token: string | undefined = resolveToken()) {
     this.base = base.replace(/\/+$/, '')
     this.token = token
   }

@@ -1,43 +1,12 @@
-import { readFileSync } from 'node:fs'
-import { homedir } from 'node:os'
-import { join } from 'node:path'
 import { decodeNpy, encodeNpy } from '../../compute/npy.ts'
 import { hostTensor } from '../../compute/tensor.ts'
 import { packModel, readModelDir, unpackModel, writeModelDir } from '../../compute/model.ts'
-import { ApiClient, ApiError } from './api-client.ts'
+import { ApiClient, ApiError, resolveToken } from './api-client.ts'
+import type { ConnectOptions } from './api-client.ts'
 import type { HostTensor } from '../../compute/tensor.ts'
 import type { PeerView } from '../api.ts'
 import type { JobView, ScheduleSpec, VerifySpec } from '../jobs/job.ts'
 import type { NodeInfo } from '../mesh-node.ts'
-
-/** Where a node keeps its key, journal and API token unless told otherwise. */
-export const DEFAULT_DATA_DIR = join(homedir(), '.tensormesh')
-/** The API token's file name inside a node's data directory. */
-export const TOKEN_FILE = 'api-token'
-
-export interface ConnectOptions {
-  /** The API token; else `TENSORMESH_TOKEN`; else `DATA_DIR/api-token`. */
-  token?: string
-  /** Where to look for the token file (default ~/.tensormesh). */
-  dataDir?: string
-}
-
-/**
- * The token a client sends, in the order every client uses: an explicit
- * one, then the environment, then the node's token file. Undefined when
- * there is none (a node without API auth).
- */
-export function resolveToken (options: ConnectOptions = {}, env: NodeJS.ProcessEnv = process.env): string | undefined {
-  if (options.token !== undefined && options.token !== '') return options.token
-  const fromEnv = env.TENSORMESH_TOKEN
-  if (fromEnv !== undefined && fromEnv !== '') return fromEnv
-  try {
-    const text = readFileSync(join(options.dataDir ?? DEFAULT_DATA_DIR, TOKEN_FILE), 'utf8').trim()
-    return text === '' ? undefined : text
-  } catch {
-    return undefined
-  }
-}
 
 /** A tensor as the client takes and returns it: C-order data, float32 or int32. */
 export interface Tensor {

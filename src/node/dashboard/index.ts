@@ -11,6 +11,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
  */
 export const DASHBOARD_ASSETS: Readonly<Record<string, string>> = {
   'index.html': 'text/html; charset=utf-8',
+  'login.html': 'text/html; charset=utf-8',
   'app.js': 'text/javascript; charset=utf-8',
   'examples.js': 'text/javascript; charset=utf-8',
   'style.css': 'text/css; charset=utf-8',
@@ -65,7 +66,7 @@ export interface MeshSnapshot {
 /** Adds the dashboard (`/`, `/dashboard/:file`) and the mesh event stream (`/v1/events`) to the API. */
 export function registerDashboard (api: ApiServer, node: MeshNode): void {
   const cache = new Map<string, Buffer>()
-  const serve = async (res: ServerResponse, file: string): Promise<void> => {
+  const serve = async (res: ServerResponse, file: string, status = 200): Promise<void> => {
     const type = DASHBOARD_ASSETS[file]
     if (type === undefined) throw new HttpError(404, 'ERR_NOT_FOUND', `no dashboard file ${file}`)
     let body = cache.get(file)
@@ -73,11 +74,23 @@ export function registerDashboard (api: ApiServer, node: MeshNode): void {
       body = await readFile(new URL(file, STATIC_DIR))
       cache.set(file, body)
     }
-    res.writeHead(200, { 'content-type': type, 'content-length': body.byteLength, 'cache-control': 'no-cache', ...SECURITY_HEADERS })
+    // The login page submits its form to this node; no other page submits anything.
+    const headers = file === 'login.html' ? { ...SECURITY_HEADERS, 'content-security-policy': SECURITY_HEADERS['content-security-policy'].replace("form-action 'none'", "form-action 'self'") } : SECURITY_HEADERS
+    res.writeHead(status, { 'content-type': type, 'content-length': body.byteLength, 'cache-control': 'no-cache', ...headers })
     res.end(body)
   }
-  api.route('GET', '/', async (_req, res) => { await serve(res, 'index.html') })
-  api.route('GET', '/dashboard/:file', async (_req, res, p) => { await serve(res, p.file ?? '') })
+  // GET /?token=T logs the browser in: an HttpOnly, SameSite=Strict cookie, then the page without the token in its URL.
+  api.route('GET', '/', async (req, res) => {
+    const token = new URL(req.url ?? '/', 'http://localhost').searchParams.get('token')
+    if (token !== null) {
+      if (!api.checkToken(token)) { await serve(res, 'login.html', 401); return }
+      res.writeHead(303, { location: '/', 'set-cookie': `${api.cookieName}=${encodeURIComponent(token)}; HttpOnly; SameSite=Strict; Path=/`, 'cache-control': 'no-store', ...SECURITY_HEADERS })
+      res.end()
+      return
+    }
+    await serve(res, api.authorized(req) ? 'index.html' : 'login.html')
+  }, { open: true })
+  api.route('GET', '/dashboard/:file', async (_req, res, p) => { await serve(res, p.file ?? '') }, { open: true })
   let streams = 0
   api.route('GET', '/v1/events', (req, res) => {
     if (streams >= MAX_MESH_STREAMS) throw new HttpError(503, 'ERR_TOO_MANY_STREAMS', `this node serves at most ${MAX_MESH_STREAMS} event streams at once`)

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto'
-import { InvalidInputError, NotFoundError, errorCode, errorMessage } from '../../errors.ts'
+import { InvalidInputError, NotFoundError, TensormeshError, errorCode, errorMessage } from '../../errors.ts'
 import { getOperator } from '../../compute/operators/index.ts'
+import { DEFAULT_MAX_QUEUE } from '../../compute/index.ts'
 import { describe as describeTensor } from '../../compute/tensor.ts'
 import { Coordinator } from './coordinator.ts'
 import { DEFAULT_VERIFY_RTOL } from './job-run.ts'
@@ -42,6 +43,38 @@ export const MAX_REPLICAS = 8
 /** Most shards per peer a job may ask for: each costs a round trip and, for matmul, a copy of b. */
 export const MAX_SHARDS_PER_PEER = 256
 
+/**
+ * Shards one remote coordinator may have here beyond the slots this node
+ * bids (its workers). One of its jobs keeps slots + 1 in flight (the next
+ * shard's inputs travel while the others compute) and may restart a failed
+ * shard one over that (job-run.ts: MAX_INFLIGHT_PER_PEER, RETRY_OVERCOMMIT):
+ * slots + 2. Four lets two of its jobs pipeline here at once; the rest wait
+ * at the coordinator, or go to other peers, instead of in our queue.
+ */
+export const PEER_QUEUE_ALLOWANCE = 4
+
+/**
+ * Places in the executor pool (workers + its queue of DEFAULT_MAX_QUEUE)
+ * that remote coordinators together never fill, so this node's own jobs
+ * always get in: MAX_RUNNING_JOBS (4) own jobs, each with a local copy and
+ * a restarted one waiting, on a single-worker node.
+ */
+export const OWN_JOBS_RESERVE = 8
+
+/** A shard refused because its coordinator already holds its share of this node (or remote work fills it). */
+export class PeerOverLimitError extends TensormeshError {
+  constructor (message: string) {
+    super('ERR_PEER_OVER_LIMIT', message)
+  }
+}
+
+/** What the JobManager needs from the node's per-peer limits (src/node/access/peer-limits.ts). */
+export interface PeerAdmission {
+  isBanned: (peer: string) => boolean
+  /** A shard was refused with ERR_PEER_OVER_LIMIT (counted). */
+  overLimit: () => void
+}
+
 export interface JobManagerComponents {
   libp2p: Libp2p
   directory: PeerDirectory
@@ -81,6 +114,8 @@ export interface JobManagerInit {
   serve: boolean
   shardsPerPeer?: number
   hooks?: JobHooks
+  /** Bans (a banned peer is neither asked for bids nor given a bid) and the over-limit counter. */
+  peers?: PeerAdmission
 }
 
 /**
@@ -104,6 +139,9 @@ export class JobManager {
   servingShards = 0
   /** Votes each peer's partials lost, across this node's jobs. */
   readonly outvotes = new Map<string, number>()
+  /** Shards each remote coordinator has on this node now, from stream open to close. */
+  private readonly inflight = new Map<string, number>()
+  private inflightTotal = 0
 
   constructor (components: JobManagerComponents, init: JobManagerInit) {
     this.c = components
@@ -112,7 +150,7 @@ export class JobManager {
     this.coordinator = new Coordinator({
       ...components,
       bid: (req) => this.bid(req),
-      distrusted: (peer) => (this.outvotes.get(peer) ?? 0) >= MAX_OUTVOTES,
+      distrusted: (peer) => (this.outvotes.get(peer) ?? 0) >= MAX_OUTVOTES || this.init.peers?.isBanned(peer) === true,
       onOutvoted: (peer, job, shard) => {
         this.outvotes.set(peer, (this.outvotes.get(peer) ?? 0) + 1)
         this.c.log.warn({ job: job.id, shard, peer, outvotes: this.outvotes.get(peer) }, 'peer outvoted')
@@ -260,12 +298,14 @@ export class JobManager {
     return job
   }
 
-  /** This node's answer to a call for bids, from its own state only. */
-  bid (req: BidRequest): BidAnswer {
+  /** This node's answer to a call for bids, from its own state only; `from` is the remote coordinator (none: this node's own call). */
+  bid (req: BidRequest, from?: string): BidAnswer {
     const pool = this.c.pool
     const decline = (reason: string): BidAnswer => ({ accept: false, units: 0, unitsPerSecond: 0, startDelayMs: 0, slots: 0, reason })
     if (!this.accepting) return decline('node is shutting down')
     if (!this.init.serve) return decline('this node does not run shards')
+    if (from !== undefined && this.init.peers?.isBanned(from) === true) return decline('this node refuses your shards for now')
+    if (from !== undefined && (this.inflight.get(from) ?? 0) >= this.shareOf()) return decline(`you already have ${this.shareOf()} shards here, as many as this node takes from one coordinator`)
     if (!pool.operators.includes(req.op)) return decline(`operator ${req.op} is not supported here`)
     const smallest = req.bytesInFixed + req.bytesInPerUnit
     if (smallest > this.init.limits.maxShardBytes) return decline(`one unit needs ${Math.round(smallest)} bytes of inputs, more than this node's ${this.init.limits.maxShardBytes}-byte shard limit`)
@@ -279,6 +319,50 @@ export class JobManager {
       startDelayMs: (pool.queued / slots) * 1000,
       slots,
       reason: ''
+    }
+  }
+
+  /** Shards one remote coordinator may have here at once: the slots this node bids plus PEER_QUEUE_ALLOWANCE. */
+  shareOf (): number {
+    return Math.max(this.c.pool.slots, 1) + PEER_QUEUE_ALLOWANCE
+  }
+
+  /** Shards remote coordinators together may have here: the pool's workers and queue, less OWN_JOBS_RESERVE. */
+  remoteCapacity (): number {
+    return Math.max(this.c.pool.slots + DEFAULT_MAX_QUEUE - OWN_JOBS_RESERVE, 1)
+  }
+
+  /** Shards `peer` has on this node now (its streams open), for tests and the API. */
+  inflightFrom (peer: string): number {
+    return this.inflight.get(peer) ?? 0
+  }
+
+  /**
+   * Admits one more shard from a remote coordinator, as its stream opens
+   * (before a byte of it is read), and returns the release for when the
+   * stream ends. Throws PeerOverLimitError past the coordinator's share or
+   * past what remote coordinators may hold together; the coordinator gets
+   * the code in the error answer, a remote failure like any other.
+   */
+  admitShard (peer: string): () => void {
+    const mine = this.inflight.get(peer) ?? 0
+    const share = this.shareOf()
+    if (mine >= share || this.inflightTotal >= this.remoteCapacity()) {
+      this.init.peers?.overLimit()
+      throw new PeerOverLimitError(mine >= share
+        ? `this node already runs or queues ${mine} shards for you, its limit per coordinator (${share})`
+        : `this node already runs or queues ${this.inflightTotal} shards for other coordinators, all it keeps for them`)
+    }
+    this.inflight.set(peer, mine + 1)
+    this.inflightTotal++
+    let released = false
+    return () => {
+      if (released) return
+      released = true
+      this.inflightTotal--
+      const n = (this.inflight.get(peer) ?? 1) - 1
+      if (n > 0) this.inflight.set(peer, n)
+      else this.inflight.delete(peer)
     }
   }
 

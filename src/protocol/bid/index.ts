@@ -7,6 +7,8 @@ import { lpStream } from '@libp2p/utils'
 import { ProtocolError, errorCode, errorMessage } from '../../errors.ts'
 import { messageCodec } from '../codec.ts'
 import { peerText } from '../sanitize.ts'
+import { OPEN_GUARD, isMalformed } from '../peer-guard.ts'
+import type { PeerGuard } from '../peer-guard.ts'
 import type { Libp2p, PeerId, Stream, Connection } from '@libp2p/interface'
 import type { Logger } from 'pino'
 
@@ -15,6 +17,12 @@ export const BID_PROTOCOL = '/tensormesh/bid/1.0.0'
 /** A bid is a round trip on an open connection: a second on loopback would be pathological. */
 export const BID_TIMEOUT_MS = 3000
 export const MAX_BID_MESSAGE_BYTES = 4096
+
+/** Most bid streams one connection may have open at once; a call for bids holds one per job. */
+export const MAX_INBOUND_BID_STREAMS = 64
+
+/** The reason of a bid declined because its coordinator asked too often (stable: coordinators may match on it). */
+export const RATE_LIMITED_REASON = 'rate limited: too many calls for bids from this coordinator'
 
 export interface BidRequest {
   jobId: string
@@ -81,25 +89,35 @@ export function validateBidAnswer (a: BidAnswer): BidAnswer {
 export type Bidder = (req: BidRequest, from: PeerId) => BidAnswer
 
 /** Answers one call for bids on an open stream (the protocol handler's body). */
-export async function handleBidStream (stream: Stream, from: PeerId, bidder: Bidder, log: Logger): Promise<void> {
+export async function handleBidStream (stream: Stream, from: PeerId, bidder: Bidder, log: Logger, guard: PeerGuard = OPEN_GUARD): Promise<void> {
+  const peer = from.toString()
+  const admission = guard.admit(peer, 'bid')
+  if (admission === 'banned') {
+    stream.abort(new ProtocolError('peer is banned', 'ERR_PEER_BANNED'))
+    return
+  }
   const lp = lpStream(stream, { maxDataLength: MAX_BID_MESSAGE_BYTES })
   const signal = AbortSignal.timeout(BID_TIMEOUT_MS)
   try {
-    const req = validateBidRequest(BidRequestCodec.decode((await lp.read({ signal })).subarray()))
-    const answer = bidder(req, from)
+    const frame = await lp.read({ signal })
+    // Over its rate: a declining answer, without decoding the request or asking the bidder.
+    const answer = admission === 'limited'
+      ? { accept: false, units: 0, unitsPerSecond: 0, startDelayMs: 0, slots: 0, reason: RATE_LIMITED_REASON }
+      : bidder(validateBidRequest(BidRequestCodec.decode(frame.subarray())), from)
     await lp.write(BidAnswerCodec.encode(answer), { signal })
     await stream.close({ signal })
   } catch (err) {
-    log.debug({ peer: from.toString(), code: errorCode(err), err: errorMessage(err) }, 'bid request dropped')
+    log.debug({ peer, code: errorCode(err), err: errorMessage(err) }, 'bid request dropped')
+    if (isMalformed(err)) guard.strike(peer, 'bid')
     stream.abort(err instanceof Error ? err : new Error(String(err)))
   }
 }
 
 /** Serves bids from the node's own state through `bidder`. */
-export async function registerBidHandler (libp2p: Libp2p, bidder: Bidder, log: Logger): Promise<void> {
+export async function registerBidHandler (libp2p: Libp2p, bidder: Bidder, log: Logger, guard?: PeerGuard): Promise<void> {
   await libp2p.handle(BID_PROTOCOL, async (stream: Stream, connection: Connection) => {
-    await handleBidStream(stream, connection.remotePeer, bidder, log)
-  }, { maxInboundStreams: 64 })
+    await handleBidStream(stream, connection.remotePeer, bidder, log, guard)
+  }, { maxInboundStreams: MAX_INBOUND_BID_STREAMS })
 }
 
 /** Sends a call for bids on an open stream and reads the answer. */

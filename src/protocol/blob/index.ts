@@ -12,6 +12,8 @@ import { CHUNK_BYTES } from '../limits.ts'
 import { BULK_MIN_BYTES, BulkTicketCodec, bulkFetch, hostOf } from '../bulk/index.ts'
 import type { BulkServer, BulkTicket } from '../bulk/index.ts'
 import { peerText } from '../sanitize.ts'
+import { OPEN_GUARD, RateLimitedError, isMalformed } from '../peer-guard.ts'
+import type { PeerGuard } from '../peer-guard.ts'
 import type { BlobStore } from '../../node/blob-store.ts'
 import type { Libp2p, PeerId, Stream, Connection } from '@libp2p/interface'
 import type { Logger } from 'pino'
@@ -24,11 +26,24 @@ export const MAX_BLOB_BYTES = 1024 * 1024 * 1024 + 64 * 1024
 /** How long a peer may take to start answering and between chunks. */
 export const BLOB_FRAME_TIMEOUT_MS = 30_000
 
-interface BlobRequest { cid: string }
-interface BlobAnswer { ok: boolean, size: number, error: string, bulk?: BulkTicket }
+/** Most blob streams one connection may have open at once: a shard waits on a handful of CIDs. */
+export const MAX_INBOUND_BLOB_STREAMS = 64
 
-const BlobRequestCodec = messageCodec<BlobRequest>('BlobRequest', { cid: { no: 1, kind: 'string', maxBytes: 128 } }, 256)
-const BlobAnswerCodec = messageCodec<BlobAnswer>('BlobAnswer', {
+/**
+ * The one answer for a CID this node will not serve to the asking peer:
+ * the same bytes whether it does not have it or the peer has no grant for
+ * it, so a peer cannot probe what this node holds.
+ */
+export const BLOB_NOT_HERE = 'not here'
+
+/** The answer to a peer over its blob rate limit (it says nothing about the CID). */
+export const BLOB_RATE_LIMITED = 'rate limited'
+
+export interface BlobRequest { cid: string }
+export interface BlobAnswer { ok: boolean, size: number, error: string, bulk?: BulkTicket }
+
+export const BlobRequestCodec = messageCodec<BlobRequest>('BlobRequest', { cid: { no: 1, kind: 'string', maxBytes: 128 } }, 256)
+export const BlobAnswerCodec = messageCodec<BlobAnswer>('BlobAnswer', {
   ok: { no: 1, kind: 'bool' },
   size: { no: 2, kind: 'uint64' },
   error: { no: 3, kind: 'string', maxBytes: 512 },
@@ -41,16 +56,37 @@ export class BlobNotFoundError extends TensormeshError {
   }
 }
 
-/** Serves one blob request on an open stream. */
-export async function handleBlobStream (stream: Stream, from: PeerId, store: BlobStore, log: Logger, bulk?: BulkServer): Promise<void> {
+/**
+ * Serves one blob request on an open stream: only a CID the store has
+ * granted to this peer (a job of this node sent it a shard naming the CID);
+ * anything else gets BLOB_NOT_HERE, decided before the store is looked at.
+ */
+export async function handleBlobStream (stream: Stream, from: PeerId, store: BlobStore, log: Logger, bulk?: BulkServer, guard: PeerGuard = OPEN_GUARD): Promise<void> {
+  const peer = from.toString()
+  const admission = guard.admit(peer, 'blob')
+  if (admission === 'banned') {
+    stream.abort(new ProtocolError('peer is banned', 'ERR_PEER_BANNED'))
+    return
+  }
   const lp = lpStream(stream, { maxDataLength: CHUNK_BYTES })
   const timeout = (): AbortSignal => AbortSignal.timeout(BLOB_FRAME_TIMEOUT_MS)
   try {
-    const req = BlobRequestCodec.decode((await lp.read({ signal: timeout() })).subarray())
-    parseCid(req.cid)
-    const bytes = await store.get(req.cid)
+    const frame = await lp.read({ signal: timeout() })
+    if (admission === 'limited') {
+      await lp.write(BlobAnswerCodec.encode({ ok: false, size: 0, error: BLOB_RATE_LIMITED }), { signal: timeout() })
+      await stream.close({ signal: timeout() })
+      return
+    }
+    const req = BlobRequestCodec.decode(frame.subarray())
+    try {
+      parseCid(req.cid)
+    } catch (err) {
+      throw new ProtocolError('blob request: not a CIDv1 raw sha-256 address', 'ERR_BAD_CID', { cause: err })
+    }
+    // Not granted and not held take the same path: one map lookup, then the same answer.
+    const bytes = store.servable(peer, req.cid) ? await store.get(req.cid) : undefined
     if (bytes === undefined) {
-      await lp.write(BlobAnswerCodec.encode({ ok: false, size: 0, error: 'not here' }), { signal: timeout() })
+      await lp.write(BlobAnswerCodec.encode({ ok: false, size: 0, error: BLOB_NOT_HERE }), { signal: timeout() })
     } else if (bulk !== undefined && bytes.byteLength >= BULK_MIN_BYTES) {
       // Large blobs go over the bulk channel; the ticket travels on this encrypted stream.
       await lp.write(BlobAnswerCodec.encode({ ok: true, size: bytes.byteLength, error: '', bulk: bulk.offer([bytes]) }), { signal: timeout() })
@@ -62,15 +98,16 @@ export async function handleBlobStream (stream: Stream, from: PeerId, store: Blo
     }
     await stream.close({ signal: timeout() })
   } catch (err) {
-    log.debug({ peer: from.toString(), code: errorCode(err), err: errorMessage(err) }, 'blob request dropped')
+    log.debug({ peer, code: errorCode(err), err: errorMessage(err) }, 'blob request dropped')
+    if (isMalformed(err)) guard.strike(peer, 'blob')
     stream.abort(err instanceof Error ? err : new Error(String(err)))
   }
 }
 
-export async function registerBlobHandler (libp2p: Libp2p, store: BlobStore, log: Logger, bulk?: BulkServer): Promise<void> {
+export async function registerBlobHandler (libp2p: Libp2p, store: BlobStore, log: Logger, bulk?: BulkServer, guard?: PeerGuard): Promise<void> {
   await libp2p.handle(BLOB_PROTOCOL, async (stream: Stream, connection: Connection) => {
-    await handleBlobStream(stream, connection.remotePeer, store, log, bulk)
-  }, { maxInboundStreams: 64 })
+    await handleBlobStream(stream, connection.remotePeer, store, log, bulk, guard)
+  }, { maxInboundStreams: MAX_INBOUND_BLOB_STREAMS })
 }
 
 /** Reads one blob from an open stream and checks it against its CID. */
@@ -80,6 +117,7 @@ export async function blobOverStream (stream: Stream, cid: string, signal?: Abor
     const lp = lpStream(stream, { maxDataLength: CHUNK_BYTES })
     await lp.write(BlobRequestCodec.encode({ cid }), { signal: sig() })
     const answer = BlobAnswerCodec.decode((await lp.read({ signal: sig() })).subarray())
+    if (!answer.ok && answer.error === BLOB_RATE_LIMITED) throw new RateLimitedError(`peer refused blob ${cid}: over its rate limit`)
     if (!answer.ok) throw new BlobNotFoundError(`peer does not have blob ${cid}: ${peerText(answer.error)}`)
     if (answer.size > maxBytes) throw new LimitExceededError(`blob ${cid} is ${answer.size} bytes, more than the ${maxBytes}-byte limit`)
     const bytes = new Uint8Array(answer.size)

@@ -2,6 +2,9 @@ import { TopicValidatorResult } from '@libp2p/gossipsub'
 import { errorMessage } from '../../errors.ts'
 import { ADVERT_VERSION, AdvertCodec } from './advert.ts'
 import { validateAdvert } from './validate.ts'
+import { OPEN_GUARD } from '../peer-guard.ts'
+import { CAPACITY_TOPIC } from './topic.ts'
+import type { PeerGuard } from '../peer-guard.ts'
 import type { RejectReason } from './validate.ts'
 import type { PeerDirectory } from '../../node/peer-directory.ts'
 import type { GossipSub, Message } from '@libp2p/gossipsub'
@@ -12,9 +15,18 @@ import type { Logger } from 'pino'
 export { AdvertCodec, ADVERT_VERSION, MAX_ADVERT_BYTES } from './advert.ts'
 export type { Advert } from './advert.ts'
 export { validateAdvert, MAX_CLOCK_SKEW_MS } from './validate.ts'
+export { CAPACITY_TOPIC } from './topic.ts'
+export { capacityScoreParams, capacityTopicScoreParams, capacityScoreThresholds, SubnetSet, COLOCATION_WHITELIST, INVALID_ADVERT_WEIGHT, INVALID_ADVERT_HALF_LIFE_MS, GOSSIP_THRESHOLD, PUBLISH_THRESHOLD, GRAYLIST_THRESHOLD, CAPACITY_TOPIC_SCORE_CAP } from './score.ts'
 export type { PeerCapacity, RejectReason, AdvertVerdict } from './validate.ts'
 
-export const CAPACITY_TOPIC = '/tensormesh/capacity/1'
+/**
+ * Rejected adverts that are the sender's fault and count as strikes against
+ * it (a ban past STRIKE_THRESHOLD). Not strikes: 'clock' (either side's
+ * clock may be the wrong one: a node whose own clock is off would otherwise
+ * ban the whole mesh), 'version' (a rolling upgrade is not an attack) and
+ * 'replayed' (reordering is normal on a gossip mesh; it is only ignored).
+ */
+export const STRIKE_REASONS: ReadonlySet<RejectReason> = new Set<RejectReason>(['oversized', 'garbage', 'spoofed', 'invalid'])
 
 /** DESIGN: adverts go out "every couple of seconds". */
 export const DEFAULT_ADVERT_INTERVAL_MS = 2000
@@ -48,6 +60,8 @@ export interface CapacityServiceComponents {
   pubsub: GossipSub
   directory: PeerDirectory
   log: Logger
+  /** Strikes for malformed adverts, and bans: a banned peer's adverts are ignored. */
+  guard?: PeerGuard
 }
 
 export interface CapacityServiceInit {
@@ -160,6 +174,12 @@ export class CapacityService implements Startable {
   }
 
   private validate (from: PeerId, msg: Message): TopicValidatorResult {
+    const guard = this.components.guard ?? OPEN_GUARD
+    // A banned peer's adverts, first-hand or forwarded, neither enter the directory nor travel on.
+    if (guard.isBanned(from.toString()) || (msg.type === 'signed' && guard.isBanned(msg.from.toString()))) {
+      guard.dropped(from.toString())
+      return TopicValidatorResult.Ignore
+    }
     if (msg.type !== 'signed') {
       return this.rejected('spoofed', from, 'unsigned advert')
     }
@@ -180,6 +200,8 @@ export class CapacityService implements Startable {
 
   private rejected (reason: RejectReason, from: PeerId, message: string): TopicValidatorResult {
     this.counters.rejected[reason]++
+    // The peer that delivered it: gossipsub forwards only what its own validator accepted.
+    if (STRIKE_REASONS.has(reason)) this.components.guard?.strike(from.toString(), 'advert')
     this.components.log.debug({ reason, from: from.toString(), detail: message }, 'advert rejected')
     return TopicValidatorResult.Reject
   }

@@ -12,6 +12,8 @@ import { CHUNK_BYTES, DEFAULT_WIRE_LIMITS, MAX_HEADER_BYTES, MAX_PARAMS_BYTES, M
 import { peerText } from '../sanitize.ts'
 import { BULK_MIN_BYTES, BulkTicketCodec, bulkFetch, hostOf } from '../bulk/index.ts'
 import { TensorDescCodec, allocateTensors, checkDescs, describeTensors, readTensorBytes, tensorBytes, writeTensorBytes } from '../tensor-frames.ts'
+import { OPEN_GUARD, RateLimitedError, isMalformed } from '../peer-guard.ts'
+import type { PeerGuard } from '../peer-guard.ts'
 import type { BulkServer, BulkTicket } from '../bulk/index.ts'
 import type { LengthPrefixedStream } from '@libp2p/utils'
 import type { Params, ShardTask, Tensors } from '../../compute/operators/types.ts'
@@ -111,7 +113,9 @@ export type RefResolver = (refs: { tensors: ContentRef[], blobs: ContentRef[] },
 function checkRefs (header: ShardHeader): void {
   const names = new Set(header.tensors.map(t => t.name))
   for (const r of [...header.refs, ...header.blobs]) {
-    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(r.name)) throw new ProtocolError('shard ref name is not an identifier', 'ERR_BAD_REF')
+    // `__proto__` is an identifier, but Object.assign(inputs, resolved) with it
+    // sets the inputs' prototype to the ref's tensor instead of adding a key.
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(r.name) || r.name === '__proto__') throw new ProtocolError('shard ref name is not an identifier (or is the reserved __proto__)', 'ERR_BAD_REF')
     if (names.has(r.name)) throw new ProtocolError(`shard names ${r.name} twice`, 'ERR_BAD_REF')
     names.add(r.name)
   }
@@ -137,6 +141,14 @@ export interface ShardTransport {
   bulk?: BulkServer
   /** The other side's IP address, for pulling its bulk offers. */
   remoteHost?: string
+  /** Bans, rate limits and strikes per peer (the peer side); none lets everyone in. */
+  guard?: PeerGuard
+  /**
+   * Admission of one more shard from this coordinator (the peer side): returns
+   * the release to call when the shard's stream ends, or throws (a typed
+   * error whose code the coordinator gets in the error answer).
+   */
+  admit?: (from: string) => () => void
 }
 
 
@@ -151,13 +163,34 @@ export async function registerShardHandler (libp2p: Libp2p, execute: ShardExecut
 export async function handleShardStream (stream: Stream, from: PeerId, execute: ShardExecutor, log: Logger, transport: ShardTransport = {}): Promise<void> {
   const limits = transport.limits ?? DEFAULT_WIRE_LIMITS
   const resolve = transport.resolve
+  const guard = transport.guard ?? OPEN_GUARD
+  const peer = from.toString()
+  const admission = guard.admit(peer, 'shard')
+  if (admission === 'banned') {
+    stream.abort(new TensormeshError('ERR_PEER_BANNED', 'peer is banned'))
+    return
+  }
   const lp = lpStream(stream, { maxDataLength: CHUNK_BYTES })
   // The lease: when the stream closes before we answer, the work is for nobody.
   const lease = new AbortController()
   const onClose = (): void => { lease.abort(new TensormeshError('ERR_LEASE_LOST', 'the coordinator closed the shard stream')) }
   stream.addEventListener('close', onClose)
   let answered = false
+  let release: (() => void) | undefined
   try {
+    // Refused before a byte is read: a flood costs one small answer per
+    // stream, and pausing keeps the sender's inputs in its flow-control window
+    // rather than in our memory until it reads the answer and lets go.
+    if (admission === 'limited') {
+      stream.pause()
+      throw new RateLimitedError('shard requests from this peer are over their rate limit')
+    }
+    try {
+      release = transport.admit?.(peer)
+    } catch (err) {
+      stream.pause()
+      throw err
+    }
     const headerFrame = await lp.read({ signal: AbortSignal.timeout(limits.frameTimeoutMs) })
     if (headerFrame.byteLength > MAX_HEADER_BYTES) throw new ProtocolError('shard header too long', 'ERR_MESSAGE_TOO_LONG')
     const header = ShardHeaderCodec.decode(headerFrame.subarray())
@@ -190,7 +223,9 @@ export async function handleShardStream (stream: Stream, from: PeerId, execute: 
     }
     await stream.close({ signal: AbortSignal.timeout(limits.frameTimeoutMs) })
   } catch (err) {
-    log.debug({ peer: from.toString(), code: errorCode(err), err: errorMessage(err) }, 'shard failed')
+    log.debug({ peer, code: errorCode(err), err: errorMessage(err) }, 'shard failed')
+    // A coordinator that let go of the stream cut its own bytes short: no strike.
+    if (!answered && !lease.signal.aborted && isMalformed(err)) guard.strike(peer, 'shard')
     if (!answered && !lease.signal.aborted) {
       // Tell the coordinator why, in a frame it can decode; then close.
       try {
@@ -201,6 +236,7 @@ export async function handleShardStream (stream: Stream, from: PeerId, execute: 
     }
     stream.abort(err instanceof Error ? err : new Error(String(err)))
   } finally {
+    release?.()
     stream.removeEventListener('close', onClose)
   }
 }
@@ -226,6 +262,8 @@ export interface ShardOutcome {
 export interface RefPublisher {
   tensorRef: (t: Tensors[string]) => Promise<string>
   blobRef: (bytes: Uint8Array) => Promise<string>
+  /** Lets `peer` fetch these CIDs: called before a shard naming them goes to it. */
+  grant?: (peer: string, cids: string[]) => void
 }
 
 /** Sends one shard to a peer and waits for its partial. */
@@ -240,6 +278,8 @@ export async function sendShard (libp2p: Libp2p, peer: PeerId, shard: OutgoingSh
       if (t !== undefined) refs.push({ name, cid: await publisher.tensorRef(t) })
     }
     for (const [name, bytes] of Object.entries(shard.task.blobs ?? {})) blobs.push({ name, cid: await publisher.blobRef(bytes) })
+    // Before the header leaves: the peer fetches as soon as it reads it.
+    if (refs.length > 0 || blobs.length > 0) publisher.grant?.(peer.toString(), [...refs, ...blobs].map(r => r.cid))
   }
   const stream = await libp2p.dialProtocol(peer, SHARD_PROTOCOL, { signal })
   const remoteHost = hostOf(libp2p.getConnections(peer)[0]?.remoteAddr)
@@ -263,11 +303,28 @@ export async function shardOverStream (stream: Stream, shard: OutgoingShard, sig
       tensors: describeTensors(inline), refs, blobs, ...(ticket !== undefined ? { bulk: ticket } : {})
     }
     await lp.write(ShardHeaderCodec.encode(header), { signal })
-    const bytesOut = ticket !== undefined ? ticket.bytes : await writeTensorBytes(lp, Object.values(inline), { signal })
+    // The reply is read while the inputs go out: a peer may refuse the shard
+    // before it reads them (over its rate, or over our share of it), and then
+    // stops reading, so a write could wait for a window that never opens.
+    // Its answer stops the writes and arrives as its code.
+    const reply = lp.read({ signal })
+    const sending = new AbortController()
+    reply.then(() => { sending.abort(new TensormeshError('ERR_ANSWERED_EARLY', 'the peer answered before it took the inputs')) }, () => {})
+    let bytesOut = ticket?.bytes ?? 0
+    let cut = false
+    if (ticket === undefined) {
+      try {
+        bytesOut = await writeTensorBytes(lp, Object.values(inline), { signal: AbortSignal.any([signal, sending.signal]) })
+      } catch (err) {
+        if (!sending.signal.aborted || signal.aborted) throw err
+        cut = true
+      }
+    }
     // The peer computes now; the reply's first frame may take as long as the shard does.
-    const resultFrame = await lp.read({ signal })
+    const resultFrame = await reply
     const result = ResultHeaderCodec.decode(resultFrame.subarray())
     if (!result.ok) throw new RemoteShardError(peerText(result.errorCode), peerText(result.errorMessage))
+    if (cut) throw new ProtocolError('shard result: the peer answered ok before it received the inputs', 'ERR_BAD_RESULT')
     if (!Number.isFinite(result.computeMs) || result.computeMs < 0) throw new ProtocolError('result header: computeMs is not a finite non-negative number', 'ERR_BAD_RESULT')
     const tensors = await receiveTensors(lp, result, limits, 'shard result', transport.remoteHost, signal)
     await stream.close({ signal }).catch(() => {})
