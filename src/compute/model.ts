@@ -184,7 +184,9 @@ export function unpackModel (bytes: Uint8Array): ModelArtifacts {
   const out: ModelArtifacts = {
     modelTopology,
     weightSpecs: specs,
-    weightData: bytes.slice(dataAt).buffer
+    // A copy into a buffer of exactly the weights' size. Not bytes.slice(): on a
+    // Node Buffer that is a view, and its .buffer the whole (pooled) allocation.
+    weightData: new Uint8Array(bytes.subarray(dataAt)).buffer
   }
   const format = checkString(header.format, 'format')
   const generatedBy = checkString(header.generatedBy, 'generatedBy')

@@ -19,6 +19,18 @@ export const MAX_JSON_BODY_BYTES = 16 * 1024 * 1024
 /** Input names: what an operator's inputs are called (a, b, x ...). */
 const INPUT_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/
 
+/**
+ * An input or blob name. `__proto__` matches INPUT_NAME, but assigning it
+ * to a map (`inputs[name] = t`) sets the map's prototype instead of adding
+ * a key, so the input would silently vanish.
+ */
+function isInputName (name: string): boolean {
+  return INPUT_NAME.test(name) && name !== '__proto__'
+}
+
+const INT32_MIN = -(2 ** 31)
+const INT32_MAX = 2 ** 31 - 1
+
 function checkEnvelope (value: unknown): { op: unknown, params: Params } {
   if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new InvalidInputError('job spec must be a JSON object {"op", "params", "inputs"}', 'ERR_BAD_SPEC')
   const v = value as Record<string, unknown>
@@ -36,6 +48,14 @@ function inlineTensor (name: string, value: unknown): Tensors[string] {
   if (!Array.isArray(v.shape) || !v.shape.every(d => Number.isSafeInteger(d) && d >= 0)) throw new InvalidInputError(`input ${name}: shape must be an array of non-negative integers`, 'ERR_BAD_SPEC')
   if (!Array.isArray(v.data) || !v.data.every(x => typeof x === 'number')) throw new InvalidInputError(`input ${name}: data must be a flat array of numbers in C order`, 'ERR_BAD_SPEC')
   const data = dtype === 'float32' ? Float32Array.from(v.data as number[]) : Int32Array.from(v.data as number[])
+  // The typed arrays would silently wrap 2^31 to -2^31, truncate 1.5 to 1 and
+  // turn 1e39 into Infinity; refuse instead, as decodeNpy does for .npy parts.
+  if (dtype === 'int32' && !(v.data as number[]).every(x => Number.isInteger(x) && x >= INT32_MIN && x <= INT32_MAX)) {
+    throw new InvalidInputError(`input ${name}: int32 data must be integers from ${INT32_MIN} to ${INT32_MAX}`, 'ERR_BAD_SPEC')
+  }
+  if (dtype === 'float32' && !(data as Float32Array).every(Number.isFinite)) {
+    throw new InvalidInputError(`input ${name}: float32 data must be finite numbers within float32's range (about ±3.4e38)`, 'ERR_BAD_SPEC')
+  }
   try {
     return hostTensor(dtype, v.shape as number[], data)
   } catch (err) {
@@ -65,7 +85,7 @@ async function blobRefs (value: unknown, resolve: BlobResolver, blobs: Record<st
   if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new InvalidInputError('job spec "blobs" must map names to {"cid": CID}', 'ERR_BAD_SPEC')
   for (const [name, ref] of Object.entries(value)) {
     const cid = (ref as { cid?: unknown } | null)?.cid
-    if (!INPUT_NAME.test(name) || typeof cid !== 'string') throw new InvalidInputError(`job spec blob "${name.slice(0, 64)}" must be {"cid": CID}`, 'ERR_BAD_SPEC')
+    if (!isInputName(name) || typeof cid !== 'string') throw new InvalidInputError(`job spec blob "${name.slice(0, 64)}" must be {"cid": CID}`, 'ERR_BAD_SPEC')
     blobs[name] = await resolve(cid)
   }
 }
@@ -94,7 +114,7 @@ export async function readJobRequest (req: IncomingMessage, maxTensorBytes: numb
     if (rawInputs === null || typeof rawInputs !== 'object' || Array.isArray(rawInputs)) throw new InvalidInputError('job spec "inputs" must be an object of named tensors', 'ERR_BAD_SPEC')
     const inputs: Tensors = {}
     for (const [name, t] of Object.entries(rawInputs)) {
-      if (!INPUT_NAME.test(name)) throw new InvalidInputError(`input name "${name.slice(0, 64)}" is not an identifier`, 'ERR_BAD_SPEC')
+      if (!isInputName(name)) throw new InvalidInputError(`input name "${name.slice(0, 64)}" is not an identifier`, 'ERR_BAD_SPEC')
       inputs[name] = inlineTensor(name, t)
     }
     const blobs: Record<string, Uint8Array> = {}
@@ -126,7 +146,7 @@ export async function readJobRequest (req: IncomingMessage, maxTensorBytes: numb
     // A part named blob.NAME carries opaque bytes (a packed model), not a tensor.
     const blob = /^blob\.(.+)$/.exec(name)?.[1]
     const key = blob ?? name
-    if (!INPUT_NAME.test(key)) throw new InvalidInputError(`part name "${name.slice(0, 64)}" is not an identifier`, 'ERR_BAD_SPEC')
+    if (!isInputName(key)) throw new InvalidInputError(`part name "${name.slice(0, 64)}" is not an identifier`, 'ERR_BAD_SPEC')
     if (typeof part === 'string') throw new InvalidInputError(`part ${name} must be a file part, not a text field`, 'ERR_BAD_SPEC')
     if (blob !== undefined) blobs[key] = new Uint8Array(await part.arrayBuffer())
     else inputs[key] = decodeNpy(new Uint8Array(await part.arrayBuffer()), key, { maxTensorBytes })

@@ -50,7 +50,9 @@ function wireType (spec: FieldSpec): number {
   }
 }
 
-const utf8Strict = new TextDecoder('utf-8', { fatal: true })
+// ignoreBOM keeps a leading U+FEFF: by default TextDecoder drops it, and a
+// string field that starts with one would decode to a different string.
+const utf8Strict = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true })
 
 function writeScalar (spec: FieldSpec, value: unknown, w: Writer): void {
   w.uint32((spec.no << 3) | wireType(spec))

@@ -46,7 +46,9 @@ export function checkDescs (descs: TensorDesc[], limits: WireLimits, what: strin
   let total = 0
   const names = new Set<string>()
   for (const d of descs) {
-    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(d.name) || names.has(d.name)) throw new ProtocolError(`${what}: tensor name is not a unique identifier`, 'ERR_BAD_TENSOR')
+    // `__proto__` is an identifier, but `tensors[name] = t` with it sets the
+    // map's prototype instead of adding a key: the tensor would vanish.
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(d.name) || d.name === '__proto__' || names.has(d.name)) throw new ProtocolError(`${what}: tensor name is not a unique identifier (or is the reserved __proto__)`, 'ERR_BAD_TENSOR')
     names.add(d.name)
     if (!isDType(d.dtype)) throw new ProtocolError(`${what}: tensor ${d.name} has dtype "${d.dtype.slice(0, 16)}"; allowed float32, int32`, 'ERR_BAD_TENSOR')
     let elements = 1

@@ -255,6 +255,10 @@ export async function bulkFetch (host: string, ticket: BulkTicket, targets: Uint
           frameLeft = header.readUInt32LE(0)
           header = Buffer.alloc(0)
           if (frameLeft > BULK_FRAME_BYTES || received + frameLeft > total) throw new ProtocolError('bulk frame larger than allowed or than announced', 'ERR_BULK')
+          // Only an empty transfer has an empty frame (its one, final frame). Empty
+          // frames before the end carry nothing but reset the idle timer, so a
+          // sender could hold this transfer open forever with 20-byte frames.
+          if (frameLeft === 0 && received < total) throw new ProtocolError('bulk sender sent an empty frame before the end', 'ERR_BULK')
           decipher = createDecipheriv('aes-128-gcm', ticket.key, nonce(counter++), { authTagLength: TAG_BYTES })
           decipher.setAAD(Uint8Array.of(received + frameLeft === total ? 1 : 0))
           tag = Buffer.alloc(0)
