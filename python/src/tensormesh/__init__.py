@@ -1,0 +1,36 @@
+"""tensormesh: a Python client for a tensormesh node's HTTP API.
+
+    from tensormesh import Mesh
+    mesh = Mesh("http://127.0.0.1:7070")
+    c = mesh.matmul(a, b)                      # numpy in, numpy out
+    job = mesh.submit("map", {"x": x}, {"ops": [{"op": "relu"}]})
+    y = job.result()
+
+See python/README.md for the API.
+"""
+
+from .arrays import prepare_array
+from .client import TERMINAL_STATES, Job, Mesh, Progress, TopK, resolve_token
+from .errors import TensormeshError, TensormeshWarning
+from .model import ModelArtifacts, pack_model, read_model_dir, unpack_model, unpack_model_to_dir, write_model_dir
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Mesh",
+    "Job",
+    "Progress",
+    "TopK",
+    "TensormeshError",
+    "TensormeshWarning",
+    "ModelArtifacts",
+    "pack_model",
+    "unpack_model",
+    "read_model_dir",
+    "write_model_dir",
+    "unpack_model_to_dir",
+    "prepare_array",
+    "resolve_token",
+    "TERMINAL_STATES",
+    "__version__",
+]
