@@ -9,12 +9,11 @@ import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { lpStream } from '@libp2p/utils'
 import fc from 'fast-check'
-import { writer as createWriter } from 'protons-runtime'
 import { beforeAll, describe, expect, it } from 'vitest'
 import { cidOf, parseCid } from '../../src/node/blob-store.ts'
 import { silentLogger } from '../../src/node/log.ts'
 import { BlobAnswerCodec, BlobRequestCodec, blobOverStream, handleBlobStream } from '../../src/protocol/blob/index.ts'
-import { fuzzParams, fuzzTimeout, hostile, inContainer, memoryPair, plain, STREAM_ERRORS, typed, typedAsync, utf8Bytes, utf8String } from '../helpers/fuzz.ts'
+import { fuzzParams, lpEncode, fuzzTimeout, hostile, inContainer, memoryPair, plain, STREAM_ERRORS, typed, typedAsync, utf8Bytes, utf8String } from '../helpers/fuzz.ts'
 import { bulkTicketArb, uint64 } from './arbitraries.ts'
 import type { BlobStore } from '../../src/node/blob-store.ts'
 import type { BlobAnswer } from '../../src/protocol/blob/index.ts'
@@ -28,12 +27,6 @@ let peer: PeerId
 beforeAll(async () => {
   peer = peerIdFromPrivateKey(await generateKeyPair('Ed25519'))
 })
-
-function lpEncode (frames: Uint8Array[]): Uint8Array {
-  const w = createWriter()
-  for (const f of frames) w.bytes(f)
-  return w.finish()
-}
 
 const blobAnswerArb: fc.Arbitrary<BlobAnswer> = fc.record({
   ok: fc.boolean(),

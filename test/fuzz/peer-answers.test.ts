@@ -9,13 +9,12 @@ import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { lpStream } from '@libp2p/utils'
 import fc from 'fast-check'
-import { writer as createWriter } from 'protons-runtime'
 import { beforeAll, describe, expect, it } from 'vitest'
 import { silentLogger } from '../../src/node/log.ts'
 import { BidAnswerCodec, BidRequestCodec, bidOverStream, handleBidStream } from '../../src/protocol/bid/index.ts'
 import { MAX_PEER_TEXT } from '../../src/protocol/sanitize.ts'
 import { ResultHeaderCodec, shardOverStream } from '../../src/protocol/shard/index.ts'
-import { fuzzParams, fuzzTimeout, hostile, memoryPair, STREAM_ERRORS, typedAsync } from '../helpers/fuzz.ts'
+import { fuzzParams, lpEncode, fuzzTimeout, hostile, memoryPair, STREAM_ERRORS, typedAsync } from '../helpers/fuzz.ts'
 import { bidAnswerArb, bidRequestArb, identifier, resultHeaderArb } from './arbitraries.ts'
 import type { Tensors } from '../../src/compute/operators/types.ts'
 import type { BidRequest } from '../../src/protocol/bid/index.ts'
@@ -33,12 +32,6 @@ let peer: PeerId
 beforeAll(async () => {
   peer = peerIdFromPrivateKey(await generateKeyPair('Ed25519'))
 })
-
-function lpEncode (frames: Uint8Array[]): Uint8Array {
-  const w = createWriter()
-  for (const f of frames) w.bytes(f)
-  return w.finish()
-}
 
 /** The other end: reads one frame, then sends `raw` as is and closes. */
 function answerWith (stream: Stream, raw: Uint8Array): Promise<void> {

@@ -9,12 +9,11 @@ import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { lpStream } from '@libp2p/utils'
 import fc from 'fast-check'
-import { writer as createWriter } from 'protons-runtime'
 import { beforeAll, describe, expect, it } from 'vitest'
 import { silentLogger } from '../../src/node/log.ts'
 import { ResultHeaderCodec, ShardHeaderCodec, handleShardStream } from '../../src/protocol/shard/index.ts'
 import { readTensorBytes } from '../../src/protocol/tensor-frames.ts'
-import { fuzzParams, fuzzTimeout, hostile, memoryPair } from '../helpers/fuzz.ts'
+import { fuzzParams, lpEncode, fuzzTimeout, hostile, memoryPair } from '../helpers/fuzz.ts'
 import { identifier, shardHeaderArb, uint32, uint64 } from './arbitraries.ts'
 import type { HostTensor } from '../../src/compute/tensor.ts'
 import type { Tensors } from '../../src/compute/operators/types.ts'
@@ -43,12 +42,6 @@ beforeAll(async () => {
 })
 
 /** Length-prefixed frames as one byte string: exactly what lpStream puts on the wire. */
-function lpEncode (frames: Uint8Array[]): Uint8Array {
-  const w = createWriter()
-  for (const f of frames) w.bytes(f)
-  return w.finish()
-}
-
 function bytesOf (t: HostTensor): Uint8Array {
   return new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength)
 }

@@ -14,6 +14,7 @@ import { multiaddr } from '@multiformats/multiaddr'
 import fc from 'fast-check'
 import { TensormeshError } from '../../src/errors.ts'
 import type { Stream } from '@libp2p/interface'
+import { writer as createWriter } from 'protons-runtime'
 
 export const DEFAULT_FUZZ_RUNS = 2000
 
@@ -260,4 +261,11 @@ const PAIR_ADDR = multiaddr('/ip4/127.0.0.1/tcp/1')
  */
 export async function memoryPair (): Promise<[Stream, Stream]> {
   return await streamPair({ delay: 0, outboundConnection: { remoteAddr: PAIR_ADDR }, inboundConnection: { remoteAddr: PAIR_ADDR } })
+}
+
+/** Frames as a length-prefixed stream carries them (varint length, then the bytes). */
+export function lpEncode (frames: Uint8Array[]): Uint8Array {
+  const w = createWriter()
+  for (const f of frames) w.bytes(f)
+  return w.finish()
 }

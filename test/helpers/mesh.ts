@@ -4,6 +4,7 @@ import { join } from 'node:path'
 import { MeshNode } from '../../src/node/mesh-node.ts'
 import { generateApiToken, provideApiToken } from '../../src/node/access/index.ts'
 import type { MeshNodeInit } from '../../src/node/options.ts'
+import type { HostTensor } from '../../src/compute/tensor.ts'
 
 /**
  * One API token for every node a test file starts, in the environment so
@@ -59,4 +60,15 @@ export async function startMesh (n: number, init: (i: number) => Partial<MeshNod
 
 export async function stopAll (nodes: MeshNode[]): Promise<void> {
   await Promise.all(nodes.map(async n => { await n.stop().catch(() => {}) }))
+}
+
+/** A float32 tensor of seeded values in [-0.5, 0.5): the same on every run (a linear congruential sequence). */
+export function random (shape: number[], seed: number): HostTensor {
+  const data = new Float32Array(shape.reduce((a, b) => a * b, 1))
+  let x = seed
+  for (let i = 0; i < data.length; i++) {
+    x = (x * 1103515245 + 12345) % 2147483648
+    data[i] = x / 2147483648 - 0.5
+  }
+  return { dtype: 'float32', shape, data }
 }

@@ -1,20 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { startMesh, stopAll } from '../helpers/mesh.ts'
+import { random, startMesh, stopAll } from '../helpers/mesh.ts'
 import { Scrape, parsePrometheusText, scrape } from '../helpers/prometheus.ts'
 import { JOB_DURATION_BUCKETS } from '../../src/node/metrics.ts'
-import type { HostTensor } from '../../src/compute/tensor.ts'
 import type { Job } from '../../src/node/jobs/job.ts'
 import type { MeshNode } from '../../src/node/mesh-node.ts'
 
-function random (shape: number[], seed: number): HostTensor {
-  const data = new Float32Array(shape.reduce((a, b) => a * b, 1))
-  let x = seed
-  for (let i = 0; i < data.length; i++) {
-    x = (x * 1103515245 + 12345) % 2147483648
-    data[i] = x / 2147483648 - 0.5
-  }
-  return { dtype: 'float32', shape, data }
-}
 
 /** Attempts in a job's record, by peer, that returned a partial / failed (a losing copy stopped on purpose is neither). */
 function tally (job: Job): { ok: Map<string, number>, failed: Map<string, number>, retries: number } {

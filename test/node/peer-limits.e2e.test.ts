@@ -11,7 +11,7 @@ import { BLOB_NOT_HERE, BLOB_PROTOCOL, BlobAnswerCodec, BlobRequestCodec, blobOv
 import { CHUNK_BYTES } from '../../src/protocol/limits.ts'
 import { ResultHeaderCodec, SHARD_PROTOCOL, ShardHeaderCodec, sendShard } from '../../src/protocol/shard/index.ts'
 import { asyncCodeOf } from '../helpers/codes.ts'
-import { startMesh, stopAll } from '../helpers/mesh.ts'
+import { random, startMesh, stopAll } from '../helpers/mesh.ts'
 import { scrape } from '../helpers/prometheus.ts'
 import type { HostTensor } from '../../src/compute/tensor.ts'
 import type { MeshNode, NodeInfo } from '../../src/node/mesh-node.ts'
@@ -19,15 +19,6 @@ import type { BidAnswer, BidRequest } from '../../src/protocol/bid/index.ts'
 import type { ResultHeader } from '../../src/protocol/shard/index.ts'
 import type { Stream } from '@libp2p/interface'
 
-function random (shape: number[], seed: number): HostTensor {
-  const data = new Float32Array(shape.reduce((a, b) => a * b, 1))
-  let x = seed
-  for (let i = 0; i < data.length; i++) {
-    x = (x * 1103515245 + 12345) % 2147483648
-    data[i] = x / 2147483648 - 0.5
-  }
-  return { dtype: 'float32', shape, data }
-}
 
 /** GET /v1/node, as a user sees it. */
 async function nodeInfo (node: MeshNode): Promise<NodeInfo> {
