@@ -33,6 +33,25 @@ export class LimitExceededError extends TensormeshError {
   }
 }
 
+/**
+ * The data directory cannot take more bytes: its storage budget is spent
+ * (after evicting what could go) or its filesystem is full. Nothing was
+ * written. Maps to HTTP 507.
+ */
+export class StorageFullError extends TensormeshError {
+  /** What the refused write needed, and the budget and use when it was refused (bytes; absent for a filesystem's own ENOSPC). */
+  readonly neededBytes?: number
+  readonly maxBytes?: number
+  readonly usedBytes?: number
+
+  constructor (message: string, sizes: { neededBytes?: number, maxBytes?: number, usedBytes?: number } = {}, options?: ErrorOptions) {
+    super('ERR_STORAGE_FULL', message, options)
+    this.neededBytes = sizes.neededBytes
+    this.maxBytes = sizes.maxBytes
+    this.usedBytes = sizes.usedBytes
+  }
+}
+
 export class NotFoundError extends TensormeshError {
   constructor (message: string, code = 'ERR_NOT_FOUND') {
     super(code, message)

@@ -64,6 +64,8 @@ export class ApiServer {
   private readonly port: number
   private readonly routes: Route[] = []
   private readonly token?: string
+  /** The port the server listens on (known once started; port 0 lets the OS pick). */
+  private boundPort = 0
   private server?: Server
   url?: string
 
@@ -77,8 +79,14 @@ export class ApiServer {
     this.route('GET', '/v1/peers', (_req, res) => { sendJson(res, 200, this.peers()) })
     this.route('GET', '/v1/jobs', (_req, res) => { sendJson(res, 200, this.node.jobs.list().map(j => j.toJSON())) })
     this.route('POST', '/v1/jobs', async (req, res) => {
-      const spec = await readJobRequest(req, this.node.limits.maxTensorBytes, async (cid) => await this.node.resolveBlob(cid))
-      const job = this.node.submit(spec)
+      // A multipart body is about the size of the inputs it carries: refuse a full node before reading it.
+      if ((req.headers['content-type'] ?? '').toLowerCase().startsWith('multipart/')) this.node.checkStorage(declaredLength(req), 'job')
+      const blobCids: string[] = []
+      const spec = await readJobRequest(req, this.node.limits.maxTensorBytes, async (cid) => {
+        blobCids.push(cid)
+        return await this.node.resolveBlob(cid)
+      })
+      const job = this.node.submit(spec, { blobCids })
       sendJson(res, 202, job.toJSON())
     })
     this.route('GET', '/v1/jobs/:id', (_req, res, p) => { sendJson(res, 200, this.node.jobs.get(p.id ?? '').toJSON()) })
@@ -99,6 +107,7 @@ export class ApiServer {
       sendBytes(res, await this.node.resolveBlob(p.cid ?? '', false), `${p.cid ?? 'blob'}.bin`)
     })
     this.route('PUT', '/v1/blobs', async (req, res) => {
+      this.node.checkStorage(declaredLength(req), 'blob')
       const chunks: Buffer[] = []
       let size = 0
       for await (const chunk of req) {
@@ -134,8 +143,6 @@ export class ApiServer {
   get cookieName (): string {
     return `tensormesh_token_${this.boundPort}`
   }
-
-  private boundPort = 0
 
   /** A request carries the token: as a bearer header (clients) or the dashboard's cookie (browsers). */
   authorized (req: IncomingMessage): boolean {
@@ -291,7 +298,15 @@ function statusFor (err: unknown): number {
   if (err instanceof InvalidInputError) return 400
   if (err instanceof TensormeshError && err.code.endsWith('NOT_FOUND')) return 404
   if (err instanceof TensormeshError && err.code === 'ERR_LIMIT_EXCEEDED') return 413
+  // 507 Insufficient Storage (RFC 4918): the budget or the disk is full, nothing was stored.
+  if (err instanceof TensormeshError && err.code === 'ERR_STORAGE_FULL') return 507
   return 500
+}
+
+/** A request's Content-Length, or 0 when it has none (chunked): the real size is checked when it is stored. */
+function declaredLength (req: IncomingMessage): number {
+  const n = Number(req.headers['content-length'] ?? 0)
+  return Number.isSafeInteger(n) && n > 0 ? n : 0
 }
 
 /** One cookie's value from a Cookie header, or undefined. */

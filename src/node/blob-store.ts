@@ -1,11 +1,12 @@
-import { mkdir, readFile, stat } from 'node:fs/promises'
+import { mkdir, readFile, readdir, rm, stat, utimes } from 'node:fs/promises'
 import { join } from 'node:path'
 import { CID } from 'multiformats/cid'
 import * as raw from 'multiformats/codecs/raw'
 import { create as createDigest } from 'multiformats/hashes/digest'
 import { sha256 } from 'multiformats/hashes/sha2'
 import { InvalidInputError } from '../errors.ts'
-import { writeAtomic } from './jobs/journal.ts'
+import { writeAtomic } from './storage.ts'
+import type { Evictor, StorageBudget } from './storage.ts'
 
 /**
  * Blobs kept in memory for peers to fetch, most recently used first. A
@@ -44,9 +45,25 @@ export function parseCid (value: string): CID {
  * peers fetch during a job, and from providers (functions that produce the
  * bytes on demand, e.g. a job's shared tensor encoded as .npy) so a job's
  * tensors are not held twice.
+ *
+ * On-disk blobs count against the data directory's StorageBudget: an
+ * upload reserves its bytes before it is written, and when a reservation
+ * needs room the store evicts the on-disk blobs that nothing references,
+ * least recently used first (`get` refreshes a blob, and its file's mtime,
+ * so the order survives a restart). Referenced: named by a job the job
+ * manager keeps (`useReferences`), provided or granted by a running job.
  */
-export class BlobStore {
+export class BlobStore implements Evictor {
   private readonly dir: string
+  private readonly storage?: StorageBudget
+  /** On-disk blobs: CID -> bytes, least recently used first. */
+  private readonly disk = new Map<string, number>()
+  /** Blobs being written (a second put of the same CID waits for the first), and evicted ones being unlinked. */
+  private readonly writing = new Map<string, Promise<void>>()
+  private readonly unlinking = new Map<string, Promise<void>>()
+  /** Until the job manager has restored its jobs, nobody can say what is unreferenced: nothing is evicted. */
+  private referenced?: () => Set<string>
+  private lastTouch = 0
   private readonly memory = new Map<string, Uint8Array>()
   private memoryBytes = 0
   private readonly providers = new Map<string, { produce: () => Uint8Array, refs: number }>()
@@ -60,20 +77,126 @@ export class BlobStore {
    */
   private readonly grants = new Map<string, Map<string, number>>()
 
-  constructor (dataDir: string) {
+  constructor (dataDir: string, storage?: StorageBudget) {
     this.dir = join(dataDir, 'blobs')
+    this.storage = storage
   }
 
+  /** Indexes the blobs already on disk, oldest access first (by mtime, which `get` refreshes). */
   async start (): Promise<void> {
     await mkdir(this.dir, { recursive: true })
+    const found: Array<{ cid: string, bytes: number, mtime: number }> = []
+    for (const name of await readdir(this.dir)) {
+      try {
+        parseCid(name)
+        const s = await stat(join(this.dir, name))
+        if (s.isFile()) found.push({ cid: name, bytes: s.size, mtime: s.mtimeMs })
+      } catch {} // not a blob (a stray file, a temporary one a crash left): neither served nor evicted
+    }
+    found.sort((a, b) => a.mtime - b.mtime)
+    for (const f of found) this.disk.set(f.cid, f.bytes)
+    this.storage?.useEvictor(this)
   }
 
-  /** Stores bytes on disk and returns their CID. */
-  async put (bytes: Uint8Array): Promise<string> {
+  /**
+   * Which CIDs must stay on disk whatever the budget: the job manager's
+   * answer (blobs its kept jobs name), asked only when room is needed.
+   * Eviction starts with this call, once every journaled job is back.
+   */
+  useReferences (referenced: () => Set<string>): void {
+    this.referenced = referenced
+  }
+
+  /**
+   * Stores bytes on disk and returns their CID. Bytes already stored cost
+   * nothing. `owner`: the job whose reservation pays for them (a trained
+   * model); without one the bytes are reserved here, evicting what
+   * nothing references, or refused with ERR_STORAGE_FULL.
+   */
+  async put (bytes: Uint8Array, owner?: string): Promise<string> {
     const cid = await cidOf(bytes)
-    const path = join(this.dir, cid)
-    if (!(await exists(path))) await writeAtomic(path, bytes)
+    for (;;) {
+      if (this.disk.has(cid)) {
+        await this.touch(cid)
+        return cid
+      }
+      const pending = this.writing.get(cid)
+      if (pending === undefined) break
+      await pending.catch(() => {})
+    }
+    const write = this.write(cid, bytes, owner)
+    this.writing.set(cid, write)
+    try {
+      await write
+    } finally {
+      this.writing.delete(cid)
+    }
     return cid
+  }
+
+  private async write (cid: string, bytes: Uint8Array, owner: string | undefined): Promise<void> {
+    const storage = this.storage
+    const upload = owner === undefined && storage !== undefined ? `upload:${cid}` : undefined
+    if (upload !== undefined) storage?.reserve(upload, bytes.byteLength, `blob ${cid.slice(0, 16)}… (${bytes.byteLength} bytes)`)
+    try {
+      await this.unlinking.get(cid) // evicted a moment ago: let its unlink finish before the file comes back
+      await writeAtomic(join(this.dir, cid), bytes, storage, upload ?? owner)
+      this.disk.set(cid, bytes.byteLength)
+      await this.touch(cid)
+    } finally {
+      if (upload !== undefined) storage?.release(upload)
+    }
+  }
+
+  /** Bytes of on-disk blobs that eviction could free now. */
+  evictable (): number {
+    if (this.referenced === undefined) return 0
+    const keep = this.referenced()
+    let bytes = 0
+    for (const [cid, size] of this.disk) if (!this.held(cid, keep)) bytes += size
+    return bytes
+  }
+
+  /** Removes unreferenced on-disk blobs, least recently used first, until `bytes` are freed or none is left. */
+  evict (bytes: number): { bytes: number, count: number, done: Promise<void> } {
+    if (this.referenced === undefined) return { bytes: 0, count: 0, done: Promise.resolve() }
+    const keep = this.referenced()
+    let freed = 0
+    const gone: Array<Promise<void>> = []
+    for (const [cid, size] of this.disk) {
+      if (freed >= bytes) break
+      if (this.held(cid, keep)) continue
+      this.disk.delete(cid)
+      freed += size
+      const unlink = rm(join(this.dir, cid), { force: true }).catch(() => {}).finally(() => {
+        if (this.unlinking.get(cid) === unlink) this.unlinking.delete(cid)
+      })
+      this.unlinking.set(cid, unlink)
+      gone.push(unlink)
+    }
+    return { bytes: freed, count: gone.length, done: Promise.all(gone).then(() => {}) }
+  }
+
+  /** Whether an on-disk blob must stay: a kept job names it, or a running job provides or grants it. */
+  private held (cid: string, keep: Set<string>): boolean {
+    return keep.has(cid) || this.providers.has(cid) || this.grants.has(cid)
+  }
+
+  /** Whether the blob is on this node's disk (not memory or a provider). */
+  onDisk (cid: string): boolean {
+    return this.disk.has(cid)
+  }
+
+  /** Marks a blob most recently used: last in the eviction order, and its file's mtime (the order after a restart). */
+  private async touch (cid: string): Promise<void> {
+    const size = this.disk.get(cid)
+    if (size === undefined) return
+    this.disk.delete(cid)
+    this.disk.set(cid, size)
+    // Strictly increasing, so two touches in one millisecond keep their order after a restart.
+    this.lastTouch = Math.max(Date.now(), this.lastTouch + 1)
+    const when = new Date(this.lastTouch)
+    await utimes(join(this.dir, cid), when, when).catch(() => {}) // evicted meanwhile: nothing to refresh
   }
 
   /** Keeps bytes in the memory cache (evicted when it is full). */
@@ -128,7 +251,7 @@ export class BlobStore {
   }
 
   async has (cid: string): Promise<boolean> {
-    return this.memory.has(cid) || this.providers.has(cid) || await exists(join(this.dir, cid))
+    return this.memory.has(cid) || this.providers.has(cid) || this.disk.has(cid)
   }
 
   /** The blob's bytes if this node has them (memory, provider or disk). */
@@ -143,19 +266,12 @@ export class BlobStore {
     const provider = this.providers.get(cid)
     if (provider !== undefined) return provider.produce()
     parseCid(cid) // never turn a peer's string into a path before it is a valid CID
+    if (!this.disk.has(cid)) return undefined
     try {
-      return new Uint8Array(await readFile(join(this.dir, cid)))
+      const [bytes] = await Promise.all([readFile(join(this.dir, cid)), this.touch(cid)])
+      return new Uint8Array(bytes)
     } catch {
-      return undefined
+      return undefined // evicted while we read
     }
-  }
-}
-
-async function exists (path: string): Promise<boolean> {
-  try {
-    await stat(path)
-    return true
-  } catch {
-    return false
   }
 }

@@ -11,6 +11,7 @@ import { SWARM_KEY_FILE, loadOrCreateSwarmKey, parsePeerId, readAllowFile, readS
 import { MeshNode } from './mesh-node.ts'
 import { prepareDataDir } from './keys.ts'
 import { runTestnet } from './testnet.ts'
+import { DEFAULT_MAX_STORAGE_BYTES, MIN_MAX_STORAGE_BYTES, formatBytes } from './storage.ts'
 import type { MeshNodeInit } from './options.ts'
 import type { FaultInjection } from './jobs/job-manager.ts'
 import type { ParseArgsConfig } from 'node:util'
@@ -70,6 +71,9 @@ const commands: Command[] = [
   --bootstrap MA       peer to connect to, e.g. /ip4/10.0.0.2/tcp/4001/p2p/12D3... (repeatable)
   --mdns               find peers on the local network by multicast DNS
   --data-dir DIR       peer key and job journal (default ~/.tensormesh)
+  --max-storage BYTES  most the data directory may hold, e.g. 512M, 10G (K, M, G, T are powers
+                       of 1024; default ${formatBytes(DEFAULT_MAX_STORAGE_BYTES).replace('.0 ', ' ')}): blobs no job names are evicted, least
+                       recently used first; past that, new jobs and uploads get ERR_STORAGE_FULL
   --backend NAME       compute backend: auto, tensorflow-gpu, tensorflow, wasm, cpu (default auto)
   --workers N          executor worker threads (default: one per core)
   --advert-interval MS capacity advert period in ms (default 2000)
@@ -88,7 +92,7 @@ const commands: Command[] = [
   --inject FAULT       testing only: slow=FACTOR (shards for peers take FACTOR times as long)
                        or wrong (partials for peers are off by one); repeatable`,
     options: {
-      ...common, ...nodeOptions, inject: { type: 'string', multiple: true }, 'no-bulk': { type: 'boolean' }, listen: { type: 'string', multiple: true }, api: { type: 'string' }, bootstrap: { type: 'string', multiple: true }, mdns: { type: 'boolean' },
+      ...common, ...nodeOptions, inject: { type: 'string', multiple: true }, 'no-bulk': { type: 'boolean' }, 'max-storage': { type: 'string' }, listen: { type: 'string', multiple: true }, api: { type: 'string' }, bootstrap: { type: 'string', multiple: true }, mdns: { type: 'boolean' },
       'swarm-key': { type: 'string' }, open: { type: 'boolean' }, allow: { type: 'string', multiple: true }, 'allow-file': { type: 'string' }, 'no-api-auth': { type: 'boolean' }
     },
     run: runStart
@@ -228,6 +232,16 @@ function parseIntFlag (v: Values[string], flag: string, min: number, max: number
   return n
 }
 
+const BYTE_UNITS: Record<string, number> = { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 }
+
+/** `1048576`, `512M`, `10G`, `1.5GiB`, `2tb`: bytes, with K, M, G, T as powers of 1024 (as df -h and docker --memory count). */
+export function parseBytesFlag (v: Values[string], flag: string, min: number): number {
+  const m = typeof v === 'string' ? /^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$/i.exec(v.trim()) : null
+  const n = m === null ? NaN : Math.floor(Number(m[1]) * (BYTE_UNITS[(m[2] ?? '').toUpperCase()] ?? NaN))
+  if (!Number.isSafeInteger(n) || n < min) throw new UsageError(`${flag} must be a size of at least ${formatBytes(min)}, in bytes or with a suffix K, M, G or T (e.g. 512M, 10G), got "${String(v)}"`)
+  return n
+}
+
 function parseLogLevel (v: Values[string]): string {
   const level = typeof v === 'string' ? v : 'info'
   if (!(LOG_LEVELS as readonly string[]).includes(level) && level !== 'silent') throw new UsageError(`--log-level must be one of ${LOG_LEVELS.join(', ')}, got "${level}"`)
@@ -303,6 +317,8 @@ const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/
 export async function nodeInit (values: Values): Promise<{ init: MeshNodeInit, notices: string[] }> {
   const notices: string[] = []
   const logLevel = parseLogLevel(values['log-level'])
+  // Before anything touches the data directory: a bad flag leaves nothing behind.
+  const maxStorageBytes = values['max-storage'] === undefined ? undefined : parseBytesFlag(values['max-storage'], '--max-storage', MIN_MAX_STORAGE_BYTES)
   const dataDir = resolve(str(values['data-dir']) ?? join(homedir(), '.tensormesh'))
   const api = parseHostPort(str(values.api) ?? DEFAULT_API)
   if (values['no-api-auth'] === true && !LOOPBACK.test(api.host)) {
@@ -338,6 +354,7 @@ export async function nodeInit (values: Values): Promise<{ init: MeshNodeInit, n
     advertIntervalMs: values['advert-interval'] === undefined ? undefined : parseIntFlag(values['advert-interval'], '--advert-interval', 50, 600_000),
     faults: parseFaults(values.inject as string[] | undefined),
     bulk: values['no-bulk'] !== true,
+    maxStorageBytes,
     logger: createLogger(logLevel)
   }
   return { init, notices }

@@ -18,7 +18,10 @@ import { CapacityService, capacityScoreParams, capacityScoreThresholds } from '.
 import { DEFAULT_WIRE_LIMITS } from '../protocol/limits.ts'
 import { registerShardHandler, SHARD_PROTOCOL } from '../protocol/shard/index.ts'
 import { JobManager } from './jobs/job-manager.ts'
-import { Journal } from './jobs/journal.ts'
+import { JOURNAL_FILES, Journal } from './jobs/journal.ts'
+import { StorageBudget } from './storage.ts'
+import type { StorageInfo } from './storage.ts'
+import type { SubmitRefs } from './jobs/job-manager.ts'
 import { BlobStore, parseCid } from './blob-store.ts'
 import { SharedCache } from './shared-content.ts'
 import { BlobFetcher, BLOB_PROTOCOL, registerBlobHandler } from '../protocol/blob/index.ts'
@@ -86,6 +89,8 @@ export interface NodeInfo {
   access: { private: boolean, allowlist: number | null, refused: Record<RefusalReason, number> }
   /** Per-peer limits: strikes for malformed frames and adverts, peers banned now, refusals. */
   misbehaving: MisbehaviourInfo
+  /** The data directory's storage budget: bytes allowed, used, reserved by running jobs, evictable; the disk's free space. */
+  storage: StorageInfo | null
 }
 
 export type MeshNodeEvents = PeerDirectoryEvents
@@ -116,6 +121,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
   private jobManager?: JobManager
   private journal?: Journal
   private blobs?: BlobStore
+  private storage?: StorageBudget
   private fetcher?: BlobFetcher
   private bulk?: BulkServer
   private readonly gate: AccessGate
@@ -173,6 +179,8 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
     try {
       await prepareDataDir(this.init.dataDir)
       const privateKey = await loadOrCreateKey(this.init.dataDir)
+      this.storage = new StorageBudget({ dataDir: this.init.dataDir, maxBytes: this.init.maxStorageBytes, live: JOURNAL_FILES, log: this.log })
+      await this.storage.start()
       await this.pool.start()
       this.libp2pNode = await createLibp2p({
         privateKey,
@@ -215,10 +223,10 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
       )
       this.pool.addEventListener('change', () => { this.capacity?.changed() })
       if (this.init.journal !== false) {
-        this.journal = new Journal(this.init.dataDir)
+        this.journal = new Journal(this.init.dataDir, this.storage)
         await this.journal.open()
       }
-      this.blobs = new BlobStore(this.init.dataDir)
+      this.blobs = new BlobStore(this.init.dataDir, this.storage)
       await this.blobs.start()
       if (this.init.bulk !== false) {
         // Same interface as libp2p: loopback for a local testnet, all interfaces otherwise.
@@ -230,7 +238,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
       await registerBlobHandler(this.libp2p, this.blobs, this.log, this.bulk, this.peerLimits)
       this.jobManager = new JobManager(
         { libp2p: this.libp2p, directory: this.directory, pool: this.pool, log: this.log, blobs: this.blobs, bulk: this.bulk },
-        { journal: this.journal, limits: this.limits, serve: this.init.serve !== false, shardsPerPeer: this.init.shardsPerPeer, hooks: this.init.hooks, faults: this.init.faults, observer: this.metrics, peers: this.peerLimits }
+        { journal: this.journal, limits: this.limits, serve: this.init.serve !== false, shardsPerPeer: this.init.shardsPerPeer, hooks: this.init.hooks, faults: this.init.faults, observer: this.metrics, peers: this.peerLimits, storage: this.storage }
       )
       const jobs = this.jobManager
       await registerBidHandler(this.libp2p, (req, from) => jobs.bid(req, from.toString()), this.log, this.peerLimits)
@@ -251,6 +259,8 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
       })
       this.capacity.start()
       await this.jobManager.restore()
+      // Only now is every journaled job back, so only now can the store tell which blobs nothing names.
+      this.blobs.useReferences(() => jobs.blobsInUse())
 
       for (const addr of this.bootstrap) this.dialQuietly(undefined, [addr])
       this.connectivityTimer = setInterval(() => { this.repairConnectivity() }, this.intervalMs * CONNECTIVITY_CHECK_INTERVALS)
@@ -294,8 +304,19 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
    * (nothing started) when the spec is wrong; otherwise returns the job, whose
    * `result()` resolves with the output and which emits progress events.
    */
-  submit (spec: JobSpec): Job {
-    return this.jobs.submit(spec)
+  submit (spec: JobSpec, refs?: SubmitRefs): Job {
+    return this.jobs.submit(spec, refs)
+  }
+
+  /**
+   * Throws StorageFullError when `bytes` more (a job's inputs, a blob)
+   * could not fit even after evicting unreferenced blobs: the API's answer
+   * before it reads a large body. A node without a journal stores no job
+   * inputs, so only blobs are checked there.
+   */
+  checkStorage (bytes: number, what: 'job' | 'blob'): void {
+    if (what === 'job' && this.journal === undefined) return
+    this.storage?.check(bytes, what === 'job' ? `a job of ${bytes} bytes` : `a blob of ${bytes} bytes`)
   }
 
   /**
@@ -349,7 +370,8 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
       servingShards: this.jobManager?.servingShards ?? 0,
       adverts: this.capacity?.counters ?? { published: 0, accepted: 0, rejected: { oversized: 0, garbage: 0, spoofed: 0, version: 0, invalid: 0, clock: 0, replayed: 0 }, lastAdvertBytes: 0 },
       access: { private: this.init.swarmKey !== undefined, allowlist: this.init.allow?.length ?? null, refused: { ...this.gate.refused } },
-      misbehaving: this.peerLimits.info()
+      misbehaving: this.peerLimits.info(),
+      storage: this.storage?.info() ?? null
     }
   }
 

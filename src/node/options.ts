@@ -42,6 +42,12 @@ export interface MeshNodeInit {
   bulk?: boolean
   /** Keep jobs, partials and results in the data directory's journal (default true). */
   journal?: boolean
+  /**
+   * Bytes the data directory may hold (blobs, journal); default
+   * DEFAULT_MAX_STORAGE_BYTES (10 GiB). Past it, unreferenced blobs are
+   * evicted and new jobs and uploads refused with ERR_STORAGE_FULL.
+   */
+  maxStorageBytes?: number
   /** Faults injected into shards this node runs for others (tests and testnet only). */
   faults?: FaultInjection
   /** Test and fault-injection seams in a job's life; never set by the CLI. */

@@ -6,6 +6,9 @@ import { describe as describeTensor } from '../../compute/tensor.ts'
 import { Coordinator } from './coordinator.ts'
 import { DEFAULT_VERIFY_RTOL } from './job-run.ts'
 import { checkTrainInputs, checkTrainParams, runTraining } from './train.ts'
+import { mlpParamCount } from '../../compute/operators/mlp.ts'
+import { FILE_OVERHEAD_BYTES, jobOwner } from '../storage.ts'
+import type { StorageBudget } from '../storage.ts'
 import type { TrainCheckpoint } from './train.ts'
 import { Job, TERMINAL_STATES } from './job.ts'
 import type { JobSpec, ScheduleSpec } from './job.ts'
@@ -116,7 +119,22 @@ export interface JobManagerInit {
   hooks?: JobHooks
   /** Bans (a banned peer is neither asked for bids nor given a bid) and the over-limit counter. */
   peers?: PeerAdmission
+  /** The data directory's budget: a job reserves what it will write before it is taken. */
+  storage?: StorageBudget
 }
+
+/** What a job submitted over the API named besides its bytes. */
+export interface SubmitRefs {
+  /** CIDs of the stored blobs the spec named (`"blobs": {NAME: {"cid"}}`): kept on disk while the job is unfinished. */
+  blobCids?: string[]
+}
+
+/**
+ * Bytes of a trained model's packed header beyond its weights (magic,
+ * topology JSON, weight specs): a Sequential of up to MAX_MLP_LAYERS Dense
+ * layers describes itself in a few KiB; 64 KiB is ample.
+ */
+const MODEL_HEADER_ALLOWANCE = 64 * 1024
 
 /**
  * The jobs this node coordinates, and its answers to other coordinators:
@@ -135,6 +153,8 @@ export class JobManager {
   private readonly checkpoints = new Map<string, TrainCheckpoint>()
   /** Partials read back from the journal for jobs that resume. */
   private readonly resumed = new Map<string, Map<number, Tensors>>()
+  /** Stored blobs each kept job's spec named by CID. */
+  private readonly named = new Map<string, string[]>()
   /** Shards this node is running for coordinators (its own jobs' local shards excluded). */
   servingShards = 0
   /** Votes each peer's partials lost, across this node's jobs. */
@@ -162,31 +182,71 @@ export class JobManager {
    * Validates and starts a job. Throws InvalidInputError (nothing started)
    * when the operator, an input or a param is wrong.
    */
-  submit (spec: JobSpec): Job {
+  submit (spec: JobSpec, refs: SubmitRefs = {}): Job {
     if (!this.accepting) throw new InvalidInputError('node is shutting down', 'ERR_SHUTTING_DOWN')
-    if (spec.op === 'train') return this.submitTraining(spec)
+    if (spec.op === 'train') return this.submitTraining(spec, refs)
     const op = getOperator(spec.op)
     this.checkInputLimits(spec.inputs)
     const plan = op.plan(spec.inputs, spec.params ?? {}, spec.blobs)
     const job = new Job({ id: randomUUID(), op: spec.op, params: spec.params, inputs: spec.inputs, blobs: spec.blobs, verify: checkVerify(spec.verify), schedule: checkSchedule(spec.schedule) })
     job.plan = plan
+    // Partials and the result coexist until the result is safe, so the output counts twice.
+    const output = plan.output.shape.reduce((a, b) => a * b, 1) * 4 + FILE_OVERHEAD_BYTES
+    this.reserveStorage(job, this.journal === undefined ? 0 : inputBytes(spec) + 2 * output)
+    this.remember(job, refs)
     this.track(job)
-    if (this.journal !== undefined) job.journaled = this.journal.submitted(job, spec.inputs, spec.blobs)
+    if (this.journal !== undefined) job.journaled = this.journal.submitted(job, spec.inputs, spec.blobs, refs.blobCids)
     this.c.log.info({ job: job.id, op: spec.op, units: plan.units }, 'job submitted')
     this.enqueue(job)
     return job
   }
 
-  private submitTraining (spec: JobSpec): Job {
+  private submitTraining (spec: JobSpec, refs: SubmitRefs): Job {
     const params = checkTrainParams(spec.params ?? {})
     this.checkInputLimits(spec.inputs)
     checkTrainInputs(spec.inputs, params)
     const job = new Job({ id: randomUUID(), op: 'train', params: { ...params }, inputs: spec.inputs, verify: checkVerify(spec.verify), schedule: checkSchedule(spec.schedule) })
+    // The model goes to the blob store with or without a journal; the journal adds the inputs,
+    // one checkpoint file (w, m, v; the next round's is written before the last one goes) and the result (w).
+    const weights = mlpParamCount(params.layers) * 4
+    const model = weights + MODEL_HEADER_ALLOWANCE
+    this.reserveStorage(job, this.journal === undefined ? model : model + inputBytes(spec) + 2 * (3 * weights + FILE_OVERHEAD_BYTES) + weights + FILE_OVERHEAD_BYTES)
+    this.remember(job, refs)
     this.track(job)
-    if (this.journal !== undefined) job.journaled = this.journal.submitted(job, spec.inputs)
+    if (this.journal !== undefined) job.journaled = this.journal.submitted(job, spec.inputs, undefined, refs.blobCids)
     this.c.log.info({ job: job.id, op: 'train', rounds: params.rounds }, 'job submitted')
     this.enqueue(job)
     return job
+  }
+
+  /**
+   * Holds what the job will write against the storage budget (given back
+   * once its last journal write is done); throws StorageFullError, nothing
+   * started, when even evicting unreferenced blobs leaves too little room.
+   */
+  private reserveStorage (job: Job, bytes: number): void {
+    if (bytes > 0) this.init.storage?.reserve(jobOwner(job.id), bytes, `job ${job.op} (${job.id})`)
+  }
+
+  private remember (job: Job, refs: SubmitRefs): void {
+    if (refs.blobCids !== undefined && refs.blobCids.length > 0) this.named.set(job.id, [...refs.blobCids])
+  }
+
+  /**
+   * The on-disk blobs eviction must leave alone: those an unfinished job's
+   * spec named (it was taken against them; they are the user's to reuse
+   * while it runs), and the model of every train job whose record this
+   * node keeps, finished or not, since GET /v1/jobs/:id/model serves it
+   * for as long as the job is listed. A finished job's inputs are gone
+   * from the journal, so the blobs it named are no longer held for it.
+   */
+  blobsInUse (): Set<string> {
+    const cids = new Set<string>()
+    for (const job of this.jobs.values()) {
+      if (job.model !== undefined) cids.add(job.model.cid)
+      if (!job.finished) for (const cid of this.named.get(job.id) ?? []) cids.add(cid)
+    }
+    return cids
   }
 
   /**
@@ -216,6 +276,7 @@ export class JobManager {
         job.model = stored.record?.model
         continue
       }
+      if (stored.spec.blobCids !== undefined) this.remember(job, { blobCids: stored.spec.blobCids })
       const inputs = await journal.readInputs(stored)
       if ('missing' in inputs) {
         job.finish('failed', undefined, { code: 'ERR_INPUTS_GONE', message: `job ${job.id} cannot resume after a restart: its input ${inputs.missing} is gone` })
@@ -229,7 +290,14 @@ export class JobManager {
           const checkpoint = await journal.readCheckpoint(stored)
           // Without a checkpoint the rounds start over, so drop their metrics too.
           if (checkpoint === undefined) job.metrics = undefined
-          else this.checkpoints.set(job.id, checkpoint)
+          else {
+            // A record written at stop can be ahead of the last checkpoint that reached the disk.
+            if (job.metrics !== undefined && job.metrics.rounds.length > checkpoint.round) {
+              job.metrics.rounds = job.metrics.rounds.slice(0, checkpoint.round)
+              job.metrics.accuracy = job.metrics.rounds.at(-1)?.accuracy
+            }
+            this.checkpoints.set(job.id, checkpoint)
+          }
           this.c.log.info({ job: job.id, round: checkpoint?.round ?? 0 }, 'training resumed from the journal')
           this.enqueue(job)
           continue
@@ -254,15 +322,17 @@ export class JobManager {
     this.evict()
     this.init.observer?.jobTracked(job)
     const journal = this.journal
-    if (journal === undefined) return
     job.addEventListener('state', () => {
       // A node that stops leaves its unfinished jobs as they are in the journal, to resume at the next start.
-      if (!this.accepting) return
-      if (job.finished) {
-        this.persist(job, async () => { await journal.finished(job) })
-      } else {
-        job.journaled.then(() => { journal.updated(job) }).catch(() => {})
+      if (journal !== undefined && this.accepting) {
+        if (job.finished) {
+          this.persist(job, async () => { await journal.finished(job) })
+        } else {
+          job.journaled.then(() => { journal.updated(job) }).catch(() => {})
+        }
       }
+      // Its writes are done once the last one is: what it reserved and did not use goes back.
+      if (job.finished) void job.persisted.then(() => { this.init.storage?.release(jobOwner(job.id)) })
     })
   }
 
@@ -273,8 +343,21 @@ export class JobManager {
    */
   private persist (job: Job, write: () => Promise<void>): void {
     job.persisted = job.persisted.then(async () => { await job.journaled }).then(write).catch((err: unknown) => {
-      this.c.log.error({ job: job.id, err: errorMessage(err) }, 'journal write failed')
+      this.c.log.error({ job: job.id, code: errorCode(err), err: errorMessage(err) }, 'journal write failed')
     })
+  }
+
+  /**
+   * The job's record to the journal, now. A failure (a full disk) leaves
+   * the journal's older record, which is consistent: the job goes on in
+   * memory, and a restart resumes from what the journal has.
+   */
+  private record (job: Job): void {
+    try {
+      this.journal?.updated(job)
+    } catch (err) {
+      this.c.log.error({ job: job.id, code: errorCode(err), err: errorMessage(err) }, 'journal write failed')
+    }
   }
 
   private enqueue (job: Job): void {
@@ -410,7 +493,7 @@ export class JobManager {
     this.accepting = false
     for (const job of this.jobs.values()) {
       // The record as it stands (attempts in flight included) is what a restart resumes from.
-      if (!job.finished) this.journal?.updated(job)
+      if (!job.finished) this.record(job)
       job.cancel()
     }
   }
@@ -446,13 +529,13 @@ export class JobManager {
         }
         await this.coordinator.run(job, {
           completed,
-          onPlanned: (j) => { journal?.updated(j) },
+          onPlanned: (j) => { this.record(j) },
           onShardDone: journal === undefined
             ? undefined
             : (index, partial) => { this.persist(job, async () => { await journal.shardDone(job, index, partial) }) }
         })
       }, (err: unknown) => {
-        job.finish('failed', undefined, { code: 'ERR_JOURNAL', message: `cannot write job ${job.id} to the journal: ${errorMessage(err)}` })
+        job.finish('failed', undefined, { code: errorCode(err) === 'ERR_STORAGE_FULL' ? 'ERR_STORAGE_FULL' : 'ERR_JOURNAL', message: `cannot write job ${job.id} to the journal: ${errorMessage(err)}` })
       }).catch((err: unknown) => {
         // A bug, not an input: fail the job rather than leave it running for ever.
         this.c.log.error({ job: job.id, err: errorMessage(err) }, 'job crashed')
@@ -471,10 +554,19 @@ export class JobManager {
       if (this.jobs.size <= MAX_RETAINED_JOBS) break
       if (job.finished) {
         this.jobs.delete(id)
+        this.named.delete(id)
         this.journal?.remove(id).catch(() => {})
       }
     }
   }
+}
+
+/** What a job's inputs and blobs take in the journal. */
+function inputBytes (spec: JobSpec): number {
+  let bytes = 0
+  for (const t of Object.values(spec.inputs)) bytes += t.data.byteLength + FILE_OVERHEAD_BYTES
+  for (const b of Object.values(spec.blobs ?? {})) bytes += b.byteLength + FILE_OVERHEAD_BYTES
+  return bytes
 }
 
 function checkVerify (v: unknown): { replicas: number, spotCheck: number, rtol: number } {

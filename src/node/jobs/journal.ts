@@ -1,7 +1,10 @@
-import { mkdir, open, readFile, rename, rm, readdir } from 'node:fs/promises'
+import { mkdir, readFile, readdir } from 'node:fs/promises'
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { encodeNpy, readNpyFile } from '../../compute/npy.ts'
+import { InvalidInputError } from '../../errors.ts'
+import { jobOwner, removeFile, removeTree, storageError, writeAtomic } from '../storage.ts'
+import type { StorageBudget } from '../storage.ts'
 import type { HostTensor } from '../../compute/tensor.ts'
 import type { Tensors } from '../../compute/operators/types.ts'
 import type { Job, JobState, JobView, ShardRecord } from './job.ts'
@@ -21,12 +24,17 @@ async function loadSqlite (): Promise<typeof import('node:sqlite')> {
   }
 }
 
+export { writeAtomic }
+
+/** The journal's SQLite files in the data directory; SQLite grows them, so the storage budget measures them when it checks. */
+export const JOURNAL_FILES = ['journal.sqlite', 'journal.sqlite-wal', 'journal.sqlite-shm']
+
 /** A job as the journal holds it. */
 export interface StoredJob {
   id: string
   op: string
   state: JobState
-  spec: { params: Record<string, unknown>, verify: Job['verify'], schedule?: Job['schedule'], inputs: Record<string, { dtype: string, shape: number[] }>, blobs?: string[] }
+  spec: { params: Record<string, unknown>, verify: Job['verify'], schedule?: Job['schedule'], inputs: Record<string, { dtype: string, shape: number[] }>, blobs?: string[], blobCids?: string[] }
   createdAt: number
   startedAt?: number
   finishedAt?: number
@@ -44,15 +52,19 @@ export interface StoredJob {
  * tensors as .npy files beside it (inputs, accepted partials, results).
  * Every file is written to a temporary name, flushed and renamed before the
  * row that points to it is committed, so a crash leaves either the old state
- * or the new one, never a torn result.
+ * or the new one, never a torn result. A full disk is the same: the write
+ * that fails (ENOSPC, SQLITE_FULL) throws StorageFullError and leaves no
+ * temporary file, and no row names a file that is not there.
  */
 export class Journal {
   private readonly dir: string
+  private readonly storage?: StorageBudget
   private db?: DatabaseSync
   private stmts?: Record<'insert' | 'update' | 'record' | 'finish' | 'partial' | 'remove' | 'removeShards', StatementSync>
 
-  constructor (dataDir: string) {
+  constructor (dataDir: string, storage?: StorageBudget) {
     this.dir = dataDir
+    this.storage = storage
   }
 
   jobDir (id: string): string {
@@ -66,13 +78,24 @@ export class Journal {
     // WAL: a crash mid-write rolls back to the last commit; readers never see half a transaction.
     // NORMAL (no fsync per commit) keeps that after a process crash; a power cut may lose the last
     // commits, never tear one. The files the rows name are flushed by writeAtomic before the commit.
-    db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;')
-    db.exec(`CREATE TABLE IF NOT EXISTS jobs (
-      id TEXT PRIMARY KEY, op TEXT NOT NULL, spec TEXT NOT NULL, state TEXT NOT NULL,
-      created INTEGER NOT NULL, started INTEGER, finished INTEGER, error TEXT, record TEXT, result TEXT)`)
-    db.exec(`CREATE TABLE IF NOT EXISTS shards (
-      job TEXT NOT NULL, idx INTEGER NOT NULL, files TEXT NOT NULL, record TEXT NOT NULL, PRIMARY KEY (job, idx))`)
+    // EXCLUSIVE: one process owns the journal, so WAL's index lives in its memory instead of a
+    // -shm file; SQLite cannot create that file on a full disk, and the journal must still open
+    // there (to serve finished results). A second node on the same data directory is refused.
+    try {
+      db.exec('PRAGMA locking_mode = EXCLUSIVE; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;')
+      db.exec(`CREATE TABLE IF NOT EXISTS jobs (
+        id TEXT PRIMARY KEY, op TEXT NOT NULL, spec TEXT NOT NULL, state TEXT NOT NULL,
+        created INTEGER NOT NULL, started INTEGER, finished INTEGER, error TEXT, record TEXT, result TEXT)`)
+      db.exec(`CREATE TABLE IF NOT EXISTS shards (
+        job TEXT NOT NULL, idx INTEGER NOT NULL, files TEXT NOT NULL, record TEXT NOT NULL, PRIMARY KEY (job, idx))`)
+    } catch (err) {
+      db.close()
+      // SQLITE_BUSY: another process holds the exclusive lock.
+      if ((err as { errcode?: unknown }).errcode === 5) throw new InvalidInputError(`data directory ${this.dir} is in use by another tensormesh node (its journal is locked); give each node its own --data-dir`, 'ERR_DATA_DIR', { cause: err })
+      throw storageError(err, `the journal in ${this.dir}`)
+    }
     this.db = db
+    await this.removeOrphans()
     this.stmts = {
       insert: db.prepare('INSERT OR REPLACE INTO jobs (id, op, spec, state, created) VALUES (?, ?, ?, ?, ?)'),
       update: db.prepare('UPDATE jobs SET state = ?, started = ?, record = ? WHERE id = ?'),
@@ -89,13 +112,37 @@ export class Journal {
     this.db = undefined
   }
 
-  /** Inputs to disk, then the row: a job is resumable once this resolves. */
-  async submitted (job: Job, inputs: Tensors, blobs: Record<string, Uint8Array> = {}): Promise<void> {
+  /**
+   * A job folder without a row is what a crash (or a full disk) between a
+   * job's input files and its row left behind: nothing will ever name it.
+   */
+  private async removeOrphans (): Promise<void> {
+    const db = this.db
+    if (db === undefined) return
+    const known = new Set((db.prepare('SELECT id FROM jobs').all() as Array<{ id: string }>).map(r => r.id))
+    for (const id of await readdir(join(this.dir, 'jobs')).catch(() => [] as string[])) {
+      if (!known.has(id)) await removeTree(this.jobDir(id), this.storage)
+    }
+  }
+
+  /**
+   * Inputs to disk, then the row: a job is resumable once this resolves.
+   * When a write fails (a full disk: StorageFullError) the files already
+   * written go again and no row is left, as if the job was never taken.
+   * `blobCids`: the stored blobs the spec named, kept while the job is unfinished.
+   */
+  async submitted (job: Job, inputs: Tensors, blobs: Record<string, Uint8Array> = {}, blobCids: string[] = []): Promise<void> {
     const dir = this.jobDir(job.id)
-    await mkdir(dir, { recursive: true })
-    for (const [name, t] of Object.entries(inputs)) await writeAtomic(join(dir, `input-${name}.npy`), encodeNpy(t))
-    for (const [name, bytes] of Object.entries(blobs)) await writeAtomic(join(dir, `blob-${name}.bin`), bytes)
-    this.stmts?.insert.run(job.id, job.op, JSON.stringify({ params: job.params, verify: job.verify, schedule: job.schedule, inputs: job.inputDescs, blobs: Object.keys(blobs) }), job.state, job.createdAt)
+    const owner = jobOwner(job.id)
+    try {
+      await mkdir(dir, { recursive: true })
+      for (const [name, t] of Object.entries(inputs)) await writeAtomic(join(dir, `input-${name}.npy`), encodeNpy(t), this.storage, owner)
+      for (const [name, bytes] of Object.entries(blobs)) await writeAtomic(join(dir, `blob-${name}.bin`), bytes, this.storage, owner)
+      this.stmts?.insert.run(job.id, job.op, JSON.stringify({ params: job.params, verify: job.verify, schedule: job.schedule, inputs: job.inputDescs, blobs: Object.keys(blobs), ...(blobCids.length > 0 ? { blobCids } : {}) }), job.state, job.createdAt)
+    } catch (err) {
+      await removeTree(dir, this.storage).catch(() => {})
+      throw storageError(err, `job ${job.id}'s inputs to the journal`)
+    }
   }
 
   /** The record as it stands (state, shards, bids); small, written on every shard that finishes. */
@@ -104,21 +151,31 @@ export class Journal {
     const record = JSON.stringify({ bids: v.bids, shards: v.shards, verification: v.verification, output: v.output, metrics: v.metrics, model: v.model })
     // The state column of a finished job is written once, by finished(); a stopping node's
     // jobs keep their unfinished state so that they resume.
-    if (job.finished) this.stmts?.record.run(record, job.id)
-    else this.stmts?.update.run(job.state, job.startedAt ?? null, record, job.id)
+    try {
+      if (job.finished) this.stmts?.record.run(record, job.id)
+      else this.stmts?.update.run(job.state, job.startedAt ?? null, record, job.id)
+    } catch (err) {
+      throw storageError(err, `job ${job.id}'s record to the journal`)
+    }
   }
 
   async shardDone (job: Job, index: number, partial: Tensors): Promise<void> {
     const dir = this.jobDir(job.id)
     const files: Record<string, string> = {}
-    for (const [name, t] of Object.entries(partial)) {
-      const file = `shard-${index}-${name}.npy`
-      await writeAtomic(join(dir, file), encodeNpy(t))
-      files[name] = file
+    try {
+      for (const [name, t] of Object.entries(partial)) {
+        const file = `shard-${index}-${name}.npy`
+        await writeAtomic(join(dir, file), encodeNpy(t), this.storage, jobOwner(job.id))
+        files[name] = file
+      }
+      // One row per accepted shard, with that shard's own record: the job's whole record is
+      // written at plan and at finish only, so a job of n shards costs O(n) here, not O(n^2).
+      this.stmts?.partial.run(job.id, index, JSON.stringify(files), JSON.stringify(job.shards[index] ?? null))
+    } catch (err) {
+      // No row names them: the shard runs again after a restart.
+      for (const file of Object.values(files)) await removeFile(join(dir, file), this.storage).catch(() => {})
+      throw storageError(err, `shard ${index} of job ${job.id} to the journal`)
     }
-    // One row per accepted shard, with that shard's own record: the job's whole record is
-    // written at plan and at finish only, so a job of n shards costs O(n) here, not O(n^2).
-    this.stmts?.partial.run(job.id, index, JSON.stringify(files), JSON.stringify(job.shards[index] ?? null))
   }
 
   /** Result file first, then the row; inputs and partials go once the result is safe. */
@@ -126,7 +183,9 @@ export class Journal {
     const dir = this.jobDir(job.id)
     let result: string | null = null
     if (job.output !== undefined) {
-      await writeAtomic(join(dir, 'result.npy'), encodeNpy(job.output))
+      // Full disk: this throws before the row changes, so the journal still holds the unfinished
+      // job with its partials, and a restart finishes it again.
+      await writeAtomic(join(dir, 'result.npy'), encodeNpy(job.output), this.storage, jobOwner(job.id))
       result = 'result.npy'
     }
     const v = job.toJSON()
@@ -139,39 +198,72 @@ export class Journal {
       this.stmts?.removeShards.run(job.id)
       db.exec('COMMIT')
     } catch (err) {
-      db.exec('ROLLBACK')
-      throw err
+      try {
+        db.exec('ROLLBACK')
+      } catch {} // SQLite rolled back itself (a failed COMMIT on a full disk)
+      throw storageError(err, `job ${job.id}'s final record to the journal`)
     }
     for (const file of await readdir(dir).catch(() => [] as string[])) {
-      if (file !== 'result.npy') await rm(join(dir, file), { force: true })
+      if (file !== 'result.npy') await removeFile(join(dir, file), this.storage)
     }
   }
 
-  /** A training round's state: weights and optimizer moments, then the record with its metrics. */
+  /**
+   * A training round's state: weights and optimizer moments in one file
+   * named by its round, then the record with its metrics, then the older
+   * rounds' files. One file, so a full disk or a crash can never pair one
+   * round's weights with another round's moments; the record names the
+   * round, and the file of every round a record names is on disk first.
+   */
   async checkpoint (job: Job, state: { round: number, w: Float32Array, m: Float32Array, v: Float32Array }): Promise<void> {
     const dir = this.jobDir(job.id)
-    for (const [name, data] of [['w', state.w], ['m', state.m], ['v', state.v]] as const) {
-      await writeAtomic(join(dir, `ckpt-${name}.npy`), encodeNpy({ dtype: 'float32', shape: [data.length], data }))
-    }
+    const n = state.w.length
+    const data = new Float32Array(3 * n)
+    data.set(state.w, 0)
+    data.set(state.m, n)
+    data.set(state.v, 2 * n)
+    const file = `ckpt-${state.round}.npy`
+    await writeAtomic(join(dir, file), encodeNpy({ dtype: 'float32', shape: [3, n], data }), this.storage, jobOwner(job.id))
     this.updated(job)
+    for (const old of await readdir(dir).catch(() => [] as string[])) {
+      if (old.startsWith('ckpt-') && old !== file) await removeFile(join(dir, old), this.storage)
+    }
   }
 
+  /**
+   * The newest checkpoint no later than the rounds the record holds (a
+   * record written at stop may be a round ahead of the last checkpoint
+   * that reached the disk); the caller drops the metrics of later rounds.
+   */
   async readCheckpoint (stored: StoredJob): Promise<{ round: number, w: Float32Array, m: Float32Array, v: Float32Array } | undefined> {
-    const round = stored.record?.metrics?.rounds.length ?? 0
-    if (round === 0) return undefined
+    const rounds = stored.record?.metrics?.rounds.length ?? 0
+    if (rounds === 0) return undefined
+    let best = 0
+    for (const file of await readdir(stored.inputDir).catch(() => [] as string[])) {
+      const round = Number(/^ckpt-(\d+)\.npy$/.exec(file)?.[1] ?? NaN)
+      if (round > best && round <= rounds) best = round
+    }
+    if (best > 0) {
+      const t = await readNpyFile(join(stored.inputDir, `ckpt-${best}.npy`))
+      const n = t.shape[1] ?? 0
+      if (t.dtype !== 'float32' || t.shape.length !== 2 || t.shape[0] !== 3) return undefined
+      const data = t.data as Float32Array
+      return { round: best, w: data.slice(0, n), m: data.slice(n, 2 * n), v: data.slice(2 * n, 3 * n) }
+    }
+    // Journals written before checkpoints were one file: three files, the round the record's.
     const read = async (name: string): Promise<Float32Array | undefined> => {
       const path = join(stored.inputDir, `ckpt-${name}.npy`)
       return existsSync(path) ? (await readNpyFile(path)).data as Float32Array : undefined
     }
     const [w, m, v] = [await read('w'), await read('m'), await read('v')]
     if (w === undefined || m === undefined || v === undefined) return undefined
-    return { round, w, m, v }
+    return { round: rounds, w, m, v }
   }
 
   async remove (id: string): Promise<void> {
     this.stmts?.remove.run(id)
     this.stmts?.removeShards.run(id)
-    await rm(this.jobDir(id), { recursive: true, force: true })
+    await removeTree(this.jobDir(id), this.storage)
   }
 
   load (): StoredJob[] {
@@ -247,17 +339,4 @@ export class Journal {
   async readResult (path: string): Promise<HostTensor> {
     return await readNpyFile(path)
   }
-}
-
-/** Write to a temporary name, flush to disk, rename over the target. */
-export async function writeAtomic (path: string, bytes: Uint8Array): Promise<void> {
-  const tmp = `${path}.tmp-${process.pid}`
-  const fh = await open(tmp, 'w')
-  try {
-    await fh.writeFile(bytes)
-    await fh.sync()
-  } finally {
-    await fh.close()
-  }
-  await rename(tmp, path)
 }

@@ -2,6 +2,7 @@ import { InvalidInputError, TensormeshError, errorMessage } from '../../errors.t
 import { checkMlpSpec, initMlp, mlpArtifacts, mlpEval, mlpGrad, mlpParamCount } from '../../compute/operators/mlp.ts'
 import { getOperator } from '../../compute/operators/index.ts'
 import { packModel } from '../../compute/model.ts'
+import { jobOwner } from '../storage.ts'
 import { hostTensor } from '../../compute/tensor.ts'
 import { checkDType, checkInputs, requireInput } from '../../compute/operators/common.ts'
 import { Job } from './job.ts'
@@ -161,7 +162,8 @@ export async function runTraining (c: TrainComponents, job: Job, params: TrainPa
     }
     const artifacts = mlpArtifacts(spec, w)
     const packed = packModel(artifacts)
-    job.model = { cid: await c.blobs.put(packed), bytes: packed.byteLength }
+    // Paid from the job's reservation (job-manager.ts), never refused by the budget at the last step.
+    job.model = { cid: await c.blobs.put(packed, jobOwner(job.id)), bytes: packed.byteLength }
     job.finish('succeeded', hostTensor('float32', [n], w.slice()))
   } catch (err) {
     if (!job.finished) job.finish('failed', undefined, { code: (err as { code?: string }).code ?? 'ERR_TRAIN_FAILED', message: errorMessage(err) })
