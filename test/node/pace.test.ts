@@ -24,7 +24,7 @@ describe('pace model', () => {
     expect(m.estimate('b', 100, 0).computeMs).toBeCloseTo(600, 9)
   })
 
-  it('uses a peer\'s own pace and link once it has finished a copy; queued copies say nothing of the link', () => {
+  it('uses a peer\'s measured link once it has finished a copy, and the job\'s pace for compute; queued copies say nothing of the link', () => {
     const m = new PaceModel(peers)
     m.record({ peer: 'b', units: 100, bytes: 10e6, ms: 1100, computeMs: 100, queued: false }) // 10 MB in 1 s
     m.record({ peer: 'b', units: 100, bytes: 10e6, ms: 9100, computeMs: 100, queued: true }) // waited in b's queue
@@ -35,5 +35,16 @@ describe('pace model', () => {
     const c = m.estimate('c', 50, 5e6)
     expect(c.transferMs).toBeCloseTo(500, 9)
     expect(c.computeMs).toBeCloseTo(50, 9)
+  })
+})
+
+describe('pace model and a peer that turned slow', () => {
+  it('keeps judging its compute by the job\'s healthy pace, so its later copies still look late', () => {
+    const m = new PaceModel(peers)
+    // self and c compute at their bids; b took 5x its bid (a fault, a busy machine).
+    m.record({ peer: 'self', units: 100, bytes: 0, ms: 100, computeMs: 100, queued: false })
+    m.record({ peer: 'c', units: 100, bytes: 0, ms: 200, computeMs: 200, queued: false })
+    m.record({ peer: 'b', units: 100, bytes: 0, ms: 1000, computeMs: 1000, queued: false })
+    expect(m.estimate('b', 100, 0).computeMs).toBeCloseTo(200, 9)
   })
 })

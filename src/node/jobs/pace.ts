@@ -7,10 +7,12 @@
  * like a straggler.
  *
  * A copy's cost is compute plus transfer:
- * - compute: the peer's own median time per unit once it has finished a
- *   copy; before that, its bid scaled by how far the job's finished copies
- *   were from their bids (calibration is noisy, and peers sharing cores run
- *   slower than they measured alone); before any copy finished, the bid.
+ * - compute: the peer's bid (per slot), scaled by how far the job's
+ *   finished copies were from their bids (calibration is noisy, and peers
+ *   sharing cores run slower than they measured alone); before any copy
+ *   finished, the bid. Not the peer's own past pace: a peer that has turned
+ *   slow would then look on time, and its later copies would never get a
+ *   backup. The median over all the job's copies is the healthy pace.
  * - transfer (remote peers only): bytes at the rate measured on that peer's
  *   finished copies (wall time less compute); before that, at the rate the
  *   job's other remote peers showed; before any, at an assumed slow LAN.
@@ -68,7 +70,7 @@ export class PaceModel {
   /** What `units` units moving `bytes` bytes should take on `peer`. */
   estimate (peer: string, units: number, bytes: number): CopyEstimate {
     const terms = this.peers.get(peer)
-    const computeMs = units * this.msPerUnit(peer, terms)
+    const computeMs = units * this.msPerUnit(terms)
     const transferMs = terms?.local === true ? 0 : bytes / this.bytesPerMs(peer)
     return { computeMs, transferMs, totalMs: computeMs + transferMs }
   }
@@ -79,9 +81,7 @@ export class PaceModel {
     return 1000 * Math.max(terms.slots, 1) / terms.rate
   }
 
-  private msPerUnit (peer: string, terms: PeerTerms | undefined): number {
-    const own = this.samples.filter(s => s.peer === peer).map(s => s.computeMs / s.units)
-    if (own.length > 0) return median(own)
+  private msPerUnit (terms: PeerTerms | undefined): number {
     const bid = this.bidMsPerUnit(terms)
     // How far finished copies were from what their peers bid: one factor for the job.
     const factors: number[] = []
