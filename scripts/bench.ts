@@ -378,7 +378,7 @@ async function convergenceSection (): Promise<void> {
   try {
     const first = await Testnet.start(4, ['--workers', '1']).then(async t => { const ms = t.formedMs; await t.stop(); return ms })
     record({ section: 'convergence', name: 'a 4-node testnet formed', value: first, unit: 'ms', goal: '< 30 s' })
-    const info = await new ApiClient(net.node(0).api).node()
+    const info = await new ApiClient(net.node(0).api, net.token).node()
     record({ section: 'convergence', name: 'capacity advert size', value: info.adverts.lastAdvertBytes, unit: 'bytes', goal: 'well under 1 KiB' })
     const t0 = performance.now()
     const extra = await startCli(['start', '--json', '--listen', '/ip4/127.0.0.1/tcp/0', '--api', '127.0.0.1:0', '--workers', '1', '--data-dir', await mkdtemp(join(tmpdir(), 'tm-bench-')), '--log-level', 'warn', '--bootstrap', net.node(0).multiaddrs[0] ?? '', '--swarm-key', net.swarmKey])
@@ -399,7 +399,7 @@ async function convergenceSection (): Promise<void> {
 async function untilAll (net: Testnet, ok: (peers: PeerView[]) => boolean): Promise<number> {
   const pending = new Set(net.nodes.map(n => n.api))
   while (pending.size > 0) {
-    for (const api of [...pending]) if (ok(await new ApiClient(api).peers())) pending.delete(api)
+    for (const api of [...pending]) if (ok(await new ApiClient(api, net.token).peers())) pending.delete(api)
     if (pending.size > 0) await sleep(20)
   }
   return performance.now()

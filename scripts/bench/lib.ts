@@ -40,11 +40,14 @@ export class Testnet {
   readonly formedMs: number
   /** The testnet's swarm key file: a node that joins it needs `--swarm-key` of it. */
   readonly swarmKey: string
+  /** The one API token of its nodes (a later testnet's replaces TENSORMESH_TOKEN, not this). */
+  readonly token?: string
 
   private constructor (child: ChildProcess, line: { nodes: Member[], swarmKey: string }, formedMs: number) {
     this.child = child
     this.nodes = line.nodes
     this.swarmKey = line.swarmKey
+    this.token = line.nodes[0]?.token ?? undefined
     this.formedMs = formedMs
   }
 
