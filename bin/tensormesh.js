@@ -25,6 +25,6 @@ if (major < 22) {
   // A checkout runs its TypeScript as it is; Node strips no types under node_modules,
   // so an installed package runs the JavaScript that `npm pack` built into dist/.
   const installed = fileURLToPath(import.meta.url).split(sep).includes('node_modules')
-  const { main } = await import(installed ? '../dist/node/cli.js' : '../src/node/cli.ts')
+  const { main } = await import(installed ? '../dist/node/cli/index.js' : '../src/node/cli/index.ts')
   await main(process.argv.slice(2))
 }

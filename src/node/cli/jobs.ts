@@ -1,11 +1,11 @@
 import { readFile, writeFile } from 'node:fs/promises'
 import { dirname, resolve } from 'node:path'
-import { InvalidInputError, errorMessage } from '../errors.ts'
-import { decodeNpy } from '../compute/npy.ts'
-import { packModel, readModelDir } from '../compute/model.ts'
-import { describe } from '../compute/tensor.ts'
-import { MeshClient } from './client/index.ts'
-import type { JobView } from './jobs/job.ts'
+import { InvalidInputError, errorMessage } from '../../errors.ts'
+import { decodeNpy } from '../../compute/npy.ts'
+import { packModel, readModelDir } from '../../compute/model.ts'
+import { describe } from '../../compute/tensor.ts'
+import { MeshClient } from '../client/index.ts'
+import type { JobView } from '../jobs/job.ts'
 
 /** A job file: {"op": NAME, "inputs": {NAME: "path.npy"}, "params": {...}}, paths relative to the file. */
 export interface JobFile {
