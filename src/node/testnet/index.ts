@@ -3,10 +3,10 @@ import { mkdtemp, mkdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { SWARM_KEY_FILE, generateApiToken, loadOrCreateSwarmKey, provideApiToken } from './access/index.ts'
+import { SWARM_KEY_FILE, generateApiToken, loadOrCreateSwarmKey, provideApiToken } from '../access/index.ts'
 import type { ChildProcess } from 'node:child_process'
 
-const BIN = fileURLToPath(new URL('../../bin/tensormesh.js', import.meta.url))
+const BIN = fileURLToPath(new URL('../../../bin/tensormesh.js', import.meta.url))
 
 /** How long a stopping daemon gets after SIGTERM before SIGKILL. */
 const CHILD_STOP_GRACE_MS = 5000
