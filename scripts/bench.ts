@@ -22,7 +22,7 @@ import { createLogger, silentLogger } from '../src/node/log.ts'
 import { readSwarmKey, writeSwarmKey } from '../src/node/access/index.ts'
 import { MeshNode } from '../src/node/mesh-node.ts'
 import { Testnet, log, median, randomTensor, runJob, sleep, startCli } from './bench/lib.ts'
-import type { PeerView } from '../src/node/api.ts'
+import type { PeerView } from '../src/node/api/server.ts'
 import type { JobView } from '../src/node/jobs/job.ts'
 
 interface Figure {

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { readNpyFile } from '../../src/compute/npy.ts'
 import { alive, authHeaders, exited, runCli, startCli, useToken, waitGone } from '../helpers/cli.ts'
 import { load, numpy, relError } from '../helpers/numpy.ts'
-import type { PeerView } from '../../src/node/api.ts'
+import type { PeerView } from '../../src/node/api/server.ts'
 import type { ChildProcess } from 'node:child_process'
 
 const INTERVAL_MS = 500

@@ -3,7 +3,7 @@ import { homedir } from 'node:os'
 import { join } from 'node:path'
 import { TensormeshError } from '../../errors.ts'
 import { API_TOKEN_FILE } from '../access/index.ts'
-import type { PeerView } from '../api.ts'
+import type { PeerView } from '../api/server.ts'
 import type { NodeInfo } from '../mesh-node.ts'
 
 /** Where a node keeps its key, journal and API token unless told otherwise. */

@@ -4,7 +4,7 @@ import { packModel, readModelDir, unpackModel, writeModelDir } from '../../compu
 import { ApiClient, ApiError, resolveToken } from './api-client.ts'
 import type { ConnectOptions } from './api-client.ts'
 import type { HostTensor } from '../../compute/tensor.ts'
-import type { PeerView } from '../api.ts'
+import type { PeerView } from '../api/server.ts'
 import type { JobView, ScheduleSpec, VerifySpec } from '../jobs/job.ts'
 import type { NodeInfo } from '../mesh-node.ts'
 

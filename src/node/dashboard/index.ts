@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises'
-import { HttpError } from '../api.ts'
-import type { ApiServer, PeerView } from '../api.ts'
+import { HttpError } from '../api/server.ts'
+import type { ApiServer, PeerView } from '../api/server.ts'
 import type { JobView } from '../jobs/job.ts'
 import type { MeshNode, NodeInfo } from '../mesh-node.ts'
 import type { IncomingMessage, ServerResponse } from 'node:http'

@@ -1,9 +1,9 @@
 import { Readable } from 'node:stream'
-import { InvalidInputError, LimitExceededError, errorMessage } from '../errors.ts'
-import { decodeNpy } from '../compute/npy.ts'
-import { hostTensor, isDType } from '../compute/tensor.ts'
-import type { JobSpec } from './jobs/job.ts'
-import type { Tensors, Params } from '../compute/operators/types.ts'
+import { InvalidInputError, LimitExceededError, errorMessage } from '../../errors.ts'
+import { decodeNpy } from '../../compute/npy.ts'
+import { hostTensor, isDType } from '../../compute/tensor.ts'
+import type { JobSpec } from '../jobs/job.ts'
+import type { Tensors, Params } from '../../compute/operators/types.ts'
 import type { IncomingMessage } from 'node:http'
 
 /**
