@@ -11,7 +11,7 @@ const root = fileURLToPath(new URL('..', import.meta.url))
 rmSync(`${root}/dist`, { recursive: true, force: true })
 execFileSync(process.execPath, [`${root}/node_modules/typescript/bin/tsc`, '-p', `${root}/tsconfig.build.json`], { stdio: 'inherit' })
 // The dashboard's static files are read from beside its module at run time.
-cpSync(`${root}/src/node/dashboard/static`, `${root}/dist/node/dashboard/static`, { recursive: true })
+cpSync(`${root}/src/node/api/dashboard/static`, `${root}/dist/node/api/dashboard/static`, { recursive: true })
 
 // Declarations keep the source's `.ts` specifiers; point them at the emitted .d.ts/.js names.
 for (const file of readdirSync(`${root}/dist`, { recursive: true, encoding: 'utf8' })) {

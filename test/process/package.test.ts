@@ -61,7 +61,7 @@ describe('the npm package', () => {
     expect(files).toContain('package/dist/node/cli.js')
     expect(files).toContain('package/dist/compute/worker.js')
     expect(files).toContain('package/dist/node/client/index.d.ts')
-    expect(files).toContain('package/dist/node/dashboard/static/index.html')
+    expect(files).toContain('package/dist/node/api/dashboard/static/index.html')
     expect(files.filter(f => /^package\/(test|bench|examples|scripts|src|python)\//.test(f))).toEqual([])
   })
 

@@ -5,7 +5,7 @@ import { InvalidInputError, LimitExceededError, TensormeshError, errorMessage } 
 import { MAX_BLOB_BYTES } from '../../protocol/blob/index.ts'
 import { encodeNpy } from '../../compute/npy.ts'
 import { readJobRequest } from './job-request.ts'
-import { registerDashboard } from '../dashboard/index.ts'
+import { registerDashboard } from './dashboard/index.ts'
 import type { Job } from '../jobs/job.ts'
 import type { MeshNode } from '../mesh-node.ts'
 import type { IncomingMessage, Server, ServerResponse } from 'node:http'
