@@ -58,7 +58,7 @@ describe('the npm package', () => {
 
   it('ships the built code and the dashboard, and no tests, bench data or examples', () => {
     expect(files).toContain('package/bin/tensormesh.js')
-    expect(files).toContain('package/dist/node/cli.js')
+    expect(files).toContain('package/dist/node/cli/index.js')
     expect(files).toContain('package/dist/compute/worker.js')
     expect(files).toContain('package/dist/node/client/index.d.ts')
     expect(files).toContain('package/dist/node/api/dashboard/static/index.html')

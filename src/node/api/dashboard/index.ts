@@ -18,7 +18,7 @@ export const DASHBOARD_ASSETS: Readonly<Record<string, string>> = {
   'favicon.svg': 'image/svg+xml'
 }
 
-const STATIC_DIR = new URL('../../dashboard/static', import.meta.url)
+const STATIC_DIR = new URL('./static/', import.meta.url)
 
 /** Everything the page loads comes from this node; peer-supplied text is only ever set as text. */
 const SECURITY_HEADERS = {
