@@ -1,5 +1,4 @@
-import { execFileSync } from 'node:child_process'
-import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, rmSync, writeSync } from 'node:fs'
+import { existsSync, readdirSync, rmSync } from 'node:fs'
 import { mkdir, mkdtemp } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -9,6 +8,7 @@ import { initMlp, mlpArtifacts } from '../../src/compute/operators/mlp.ts'
 import { packModel } from '../../src/compute/model.ts'
 import { hostTensor } from '../../src/compute/tensor.ts'
 import { startNode, stopAll } from '../helpers/mesh.ts'
+import { fillFilesystem, mountTmpfs } from '../helpers/tmpfs.ts'
 import type { HostTensor } from '../../src/compute/tensor.ts'
 import type { MeshNode } from '../../src/node/mesh-node.ts'
 
@@ -244,45 +244,15 @@ describe('storage budget', () => {
 })
 
 // A real full filesystem: a tiny tmpfs, mounted as root. Elsewhere this test is skipped, saying why.
-const tmpfs = mkdtempSync(join(tmpdir(), 'tm-tmpfs-'))
-let mounted = false
-try {
-  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', tmpfs], { stdio: 'pipe' })
-  mounted = true
-} catch (err) {
-  console.warn(`storage.e2e.test.ts: skipping the full-filesystem test: cannot mount a tmpfs at ${tmpfs} (${String((err as { stderr?: Buffer }).stderr ?? err).trim()}); it needs root`)
-}
+const fs8 = mountTmpfs('8m', 'storage.e2e.test.ts')
+const tmpfs = fs8.dir
+const mounted = fs8.mounted
 
 afterAll(async () => {
   await stopAll(nodes) // a node still holds the journal open when a test failed half way
-  if (mounted) {
-    try {
-      execFileSync('umount', [tmpfs], { stdio: 'pipe' })
-    } catch {
-      execFileSync('umount', ['-l', tmpfs])
-    }
-  }
-  rmSync(tmpfs, { recursive: true, force: true })
+  fs8.remove()
   for (const dir of scratchDirs) rmSync(dir, { recursive: true, force: true })
 })
-
-/** Fills the filesystem of `dir` to the last byte; remove the returned file to free it. */
-function fill (dir: string): string {
-  const path = join(dir, 'filler')
-  const fd = openSync(path, 'a')
-  try {
-    for (const chunk of [Buffer.alloc(64 * KiB, 1), Buffer.alloc(4 * KiB, 1), Buffer.alloc(1, 1)]) {
-      try {
-        for (;;) writeSync(fd, chunk)
-      } catch (err) {
-        if ((err as { code?: string }).code !== 'ENOSPC') throw err
-      }
-    }
-  } finally {
-    closeSync(fd)
-  }
-  return path
-}
 
 describe.skipIf(!mounted)('a full filesystem (8 MiB tmpfs)', () => {
   it('refuses jobs and uploads with 507 ERR_STORAGE_FULL; finished results and the journal survive a restart on the full disk; room again once space is freed', async () => {
@@ -299,7 +269,7 @@ describe.skipIf(!mounted)('a full filesystem (8 MiB tmpfs)', () => {
     const client = connect(first.apiUrl ?? '')
     const kept = await put(api, bytesOf(64 * KiB, 1))
 
-    const filler = fill(tmpfs)
+    const filler = fillFilesystem(tmpfs)
     let freed = false
     try {
       expect(first.info().storage?.diskFreeBytes).toBe(0)

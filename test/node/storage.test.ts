@@ -1,5 +1,4 @@
-import { execFileSync } from 'node:child_process'
-import { appendFileSync, closeSync, existsSync, mkdtempSync, openSync, readdirSync, rmSync, statSync, writeSync } from 'node:fs'
+import { appendFileSync, existsSync, readdirSync, rmSync, statSync } from 'node:fs'
 import { mkdir, mkdtemp, readdir, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -12,6 +11,7 @@ import { FREE_SPACE_FLOOR_BYTES, StorageBudget, isDiskFull, jobOwner, storageErr
 import { hostTensor } from '../../src/compute/tensor.ts'
 import { nodeInit, parseBytesFlag } from '../../src/node/cli/index.ts'
 import { runCli } from '../helpers/cli.ts'
+import { fillFilesystem, mountTmpfs } from '../helpers/tmpfs.ts'
 import type { FsStats } from '../../src/node/storage.ts'
 import type { HostTensor } from '../../src/compute/tensor.ts'
 
@@ -341,50 +341,18 @@ describe('Journal on a storage budget', () => {
 })
 
 // A real full filesystem: a tiny tmpfs, mounted as root. Elsewhere these tests are skipped, saying why.
-const tmpfs = mkdtempSync(join(tmpdir(), 'tm-tmpfs-'))
-let mounted = false
-let mountError = ''
-try {
-  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', tmpfs], { stdio: 'pipe' })
-  mounted = true
-} catch (err) {
-  mountError = String((err as { stderr?: Buffer }).stderr ?? err).trim()
-  console.warn(`storage.test.ts: skipping the full-filesystem tests: cannot mount a tmpfs at ${tmpfs} (${mountError}); they need root`)
-}
+const fs8 = mountTmpfs('8m', 'storage.test.ts')
+const tmpfs = fs8.dir
+const mounted = fs8.mounted
 
 /** Journals opened on the tmpfs: closed before it is unmounted, even when a test failed half way. */
 const opened: Journal[] = []
 
 afterAll(() => {
   for (const j of opened) j.close()
-  if (mounted) {
-    try {
-      execFileSync('umount', [tmpfs], { stdio: 'pipe' })
-    } catch {
-      execFileSync('umount', ['-l', tmpfs]) // something still holds a file: detach it now, the kernel frees it after
-    }
-  }
-  rmSync(tmpfs, { recursive: true, force: true })
+  fs8.remove()
   for (const dir of scratchDirs) rmSync(dir, { recursive: true, force: true })
 })
-
-/** Fills the filesystem of `dir` to the last byte; returns the filler's path (remove it to free the space). */
-function fill (dir: string): string {
-  const path = join(dir, 'filler')
-  const fd = openSync(path, 'a')
-  try {
-    for (const chunk of [Buffer.alloc(64 * KiB, 1), Buffer.alloc(4 * KiB, 1), Buffer.alloc(1, 1)]) {
-      try {
-        for (;;) writeSync(fd, chunk)
-      } catch (err) {
-        if ((err as { code?: string }).code !== 'ENOSPC') throw err
-      }
-    }
-  } finally {
-    closeSync(fd)
-  }
-  return path
-}
 
 describe.skipIf(!mounted)('on a full filesystem (tmpfs)', () => {
   let n = 0
@@ -411,7 +379,7 @@ describe.skipIf(!mounted)('on a full filesystem (tmpfs)', () => {
     await journal.finished(done)
     journal.close() // with room: SQLite folds the WAL back and deletes its files
     expect(readdirSync(dir).filter(f => f.startsWith('journal.sqlite'))).toEqual(['journal.sqlite'])
-    const filler = fill(tmpfs)
+    const filler = fillFilesystem(tmpfs)
     try {
       const again = await openJournal(dir)
       const stored = again.load()
@@ -438,7 +406,7 @@ describe.skipIf(!mounted)('on a full filesystem (tmpfs)', () => {
     await journal.submitted(done, small)
     done.finish('succeeded', tensor(4, 4, 9))
     await journal.finished(done)
-    const filler = fill(tmpfs)
+    const filler = fillFilesystem(tmpfs)
     try {
       const big = { a: tensor(256, 256), b: tensor(256, 256) }
       await expect(journal.submitted(job('big', big), big)).rejects.toMatchObject({ code: 'ERR_STORAGE_FULL' })
@@ -465,7 +433,7 @@ describe.skipIf(!mounted)('on a full filesystem (tmpfs)', () => {
     const j = job('j', inputs)
     await journal.submitted(j, inputs)
     await journal.shardDone(j, 0, { out: tensor(16, 8, 1) })
-    const filler = fill(tmpfs)
+    const filler = fillFilesystem(tmpfs)
     try {
       await expect(journal.shardDone(j, 1, { out: tensor(512, 64, 2) })).rejects.toMatchObject({ code: 'ERR_STORAGE_FULL' })
       j.finish('succeeded', tensor(512, 64, 3))
@@ -494,7 +462,7 @@ describe.skipIf(!mounted)('on a full filesystem (tmpfs)', () => {
     store.useReferences(() => new Set())
     const kept = await store.put(bytesOf(10 * KiB, 1))
     const used = budget.usedBytes()
-    const filler = fill(tmpfs)
+    const filler = fillFilesystem(tmpfs)
     try {
       await expect(store.put(bytesOf(100 * KiB, 2))).rejects.toMatchObject({ code: 'ERR_STORAGE_FULL' })
       expect(readdirSync(join(dir, 'blobs'))).toEqual([kept])
@@ -510,7 +478,7 @@ describe.skipIf(!mounted)('on a full filesystem (tmpfs)', () => {
     const dir = await freshDir()
     const budget = new StorageBudget({ dataDir: dir, live: JOURNAL_FILES })
     await budget.start()
-    const filler = fill(tmpfs)
+    const filler = fillFilesystem(tmpfs)
     try {
       expect(budget.info().diskFreeBytes).toBe(0)
       expect(() => { budget.reserve('up', 1, 'one byte') }).toThrow(expect.objectContaining({ code: 'ERR_STORAGE_FULL', message: expect.stringContaining('filesystem') as string }) as Error)
