@@ -54,9 +54,22 @@ export interface CopyEstimate {
   totalMs: number
 }
 
+/** Bytes moved and transfer time over some finished copies. */
+interface LinkSum { bytes: number, ms: number, copies: number }
+
+/**
+ * Folds each finished copy in as it arrives: backups ask for estimates
+ * every BACKUP_CHECK_MS for every running copy and idle peer, on the event
+ * loop, so an estimate reads running sums and a cached median, never the
+ * job's whole history.
+ */
 export class PaceModel {
   private readonly peers: ReadonlyMap<string, PeerTerms>
-  private readonly samples: CopySample[] = []
+  /** Each finished copy's ms per unit over what its peer's bid promised. */
+  private readonly factors: number[] = []
+  private factor?: number
+  private readonly links = new Map<string, LinkSum>()
+  private readonly allLinks: LinkSum = { bytes: 0, ms: 0, copies: 0 }
 
   constructor (peers: ReadonlyMap<string, PeerTerms>) {
     this.peers = peers
@@ -64,13 +77,26 @@ export class PaceModel {
 
   record (sample: CopySample): void {
     if (sample.units <= 0 || !(sample.ms >= 0) || !(sample.computeMs >= 0)) return
-    this.samples.push(sample)
+    const terms = this.peers.get(sample.peer)
+    const expected = this.bidMsPerUnit(terms)
+    if (expected > 0) {
+      this.factors.push((sample.computeMs / sample.units) / expected)
+      this.factor = undefined
+    }
+    if (sample.queued || terms?.local === true || sample.bytes <= 0) return
+    const link = this.links.get(sample.peer) ?? { bytes: 0, ms: 0, copies: 0 }
+    this.links.set(sample.peer, link)
+    for (const sum of [link, this.allLinks]) {
+      sum.bytes += sample.bytes
+      sum.ms += Math.max(sample.ms - sample.computeMs, 0)
+      sum.copies++
+    }
   }
 
   /** What `units` units moving `bytes` bytes should take on `peer`. */
   estimate (peer: string, units: number, bytes: number): CopyEstimate {
     const terms = this.peers.get(peer)
-    const computeMs = units * this.msPerUnit(terms)
+    const computeMs = units * this.bidMsPerUnit(terms) * this.jobFactor()
     const transferMs = terms?.local === true ? 0 : bytes / this.bytesPerMs(peer)
     return { computeMs, transferMs, totalMs: computeMs + transferMs }
   }
@@ -81,28 +107,19 @@ export class PaceModel {
     return 1000 * Math.max(terms.slots, 1) / terms.rate
   }
 
-  private msPerUnit (terms: PeerTerms | undefined): number {
-    const bid = this.bidMsPerUnit(terms)
-    // How far finished copies were from what their peers bid: one factor for the job.
-    const factors: number[] = []
-    for (const s of this.samples) {
-      const expected = this.bidMsPerUnit(this.peers.get(s.peer))
-      if (expected > 0) factors.push((s.computeMs / s.units) / expected)
-    }
-    return factors.length > 0 ? bid * median(factors) : bid
+  /** How far finished copies were from what their peers bid: one factor for the job (1 before any finished). */
+  private jobFactor (): number {
+    if (this.factors.length === 0) return 1
+    this.factor ??= median(this.factors)
+    return this.factor
   }
 
   private bytesPerMs (peer: string): number {
-    const remote = this.samples.filter(s => !s.queued && this.peers.get(s.peer)?.local !== true && s.bytes > 0)
-    const own = remote.filter(s => s.peer === peer)
-    const rate = (list: CopySample[]): number => {
-      const bytes = list.reduce((n, s) => n + s.bytes, 0)
-      const ms = list.reduce((n, s) => n + Math.max(s.ms - s.computeMs, 0), 0)
-      // A copy whose transfer took no measurable time still took a millisecond.
-      return bytes / Math.max(ms, list.length)
-    }
-    if (own.length > 0) return rate(own)
-    if (remote.length > 0) return rate(remote)
+    // A copy whose transfer took no measurable time still took a millisecond.
+    const rate = (sum: LinkSum): number => sum.bytes / Math.max(sum.ms, sum.copies)
+    const own = this.links.get(peer)
+    if (own !== undefined) return rate(own)
+    if (this.allLinks.copies > 0) return rate(this.allLinks)
     return ASSUMED_LINK_BYTES_PER_SECOND / 1000
   }
 }
