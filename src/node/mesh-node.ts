@@ -11,6 +11,7 @@ import { tcp } from '@libp2p/tcp'
 import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
 import { preSharedKey } from '@libp2p/pnet'
+import { circuitRelayServer, circuitRelayTransport } from '@libp2p/circuit-relay-v2'
 import { ExecutorPool } from '../compute/index.ts'
 import { InvalidInputError, NotFoundError, errorMessage } from '../errors.ts'
 import { registerBidHandler, BID_PROTOCOL } from '../protocol/bid/index.ts'
@@ -25,7 +26,11 @@ import type { SubmitRefs } from './jobs/job-manager.ts'
 import { BlobStore, parseCid } from './blob-store.ts'
 import { SharedCache } from './shared-content.ts'
 import { BlobFetcher, BLOB_PROTOCOL, registerBlobHandler } from '../protocol/blob/index.ts'
-import { BulkServer } from '../protocol/bulk/index.ts'
+import { BulkServer, isRelayed } from '../protocol/bulk/index.ts'
+import { REACH_PROTOCOL, registerReachHandler } from '../protocol/reach/index.ts'
+import { reachability } from './reachability.ts'
+import type { ReachabilityInfo, ReachabilityService } from './reachability.ts'
+import type { CircuitRelayService } from '@libp2p/circuit-relay-v2'
 import type { Tensors } from '../compute/operators/types.ts'
 import { ApiServer } from './api/server.ts'
 import { loadOrCreateKey, prepareDataDir } from './keys.ts'
@@ -57,7 +62,17 @@ export const DEFAULT_LISTEN = '/ip4/0.0.0.0/tcp/0'
  */
 const CONNECTIVITY_CHECK_INTERVALS = 1
 
-type Services = { pubsub: GossipSub, identify: Identify, ping: Ping }
+type Services = { pubsub: GossipSub, identify: Identify, ping: Ping, reachability: ReachabilityService, relay?: CircuitRelayService }
+
+/**
+ * Relay defaults. libp2p's own (128 KiB and 2 minutes per relayed
+ * connection) suit a public relay that hands out free hole-punching help; a
+ * relay of this mesh carries shards between nodes that are both behind NAT,
+ * so by default it limits the number of reservations, not the bytes.
+ */
+export const DEFAULT_RELAY_RESERVATIONS = 32
+/** A reservation lasts this long before its holder must refresh it (libp2p's default: 2 h). */
+export const RELAY_RESERVATION_TTL_MS = 2 * 60 * 60_000
 
 export interface NodeInfo {
   peerId: string
@@ -83,7 +98,16 @@ export interface NodeInfo {
   /** Bytes of shared inputs and models this node fetched from peers by CID. */
   blobBytesFetched: number
   /** The bulk channel (large tensors beside libp2p), or null when disabled. */
-  bulk: { port: number, bytesServed: number, transfers: number } | null
+  bulk: { port: number, bytesServed: number, transfers: number, bytesPushed: number, bytesReceived: number } | null
+  /** Whether peers can dial this node ("private": behind NAT or a firewall), and the relay it holds a slot on. */
+  reachability: ReachabilityInfo['reachability']
+  relay: ReachabilityInfo['relay']
+  /** Reservations this node asked for and did not get (refused, or the relay vanished); it retries with backoff. */
+  relayFailures: number
+  /** Transfer rates this node's jobs measured to each peer, bytes per second (the split and deadlines use them). */
+  links: Record<string, number>
+  /** This node as a relay for others: reservations held now and the limit; null when it relays for nobody. */
+  relayServer: { reservations: number, maxReservations: number } | null
   adverts: CapacityService['counters']
   /** Admission: whether the mesh is private (a swarm key), how many peers the allowlist holds (null: any with the key), connections refused by reason. */
   access: { private: boolean, allowlist: number | null, refused: Record<RefusalReason, number> }
@@ -182,10 +206,14 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
       this.storage = new StorageBudget({ dataDir: this.init.dataDir, maxBytes: this.init.maxStorageBytes, live: JOURNAL_FILES, log: this.log })
       await this.storage.start()
       await this.pool.start()
+      const relay = this.init.relay ?? {}
+      const relayReservations = relay === false ? 0 : relay.reservations ?? DEFAULT_RELAY_RESERVATIONS
+      const relayLimited = relay !== false && ((relay.dataLimitBytes ?? 0) > 0 || (relay.durationLimitMs ?? 0) > 0)
       this.libp2pNode = await createLibp2p({
         privateKey,
         addresses: { listen: this.listen },
-        transports: [tcp()],
+        // The relay transport dials /p2p-circuit addresses; a node listens on one only once it learns it is private.
+        transports: [tcp(), circuitRelayTransport()],
         // With a swarm key, every connection is sealed under it before noise: outsiders never get a handshake.
         ...(this.init.swarmKey !== undefined ? { connectionProtector: preSharedKey({ psk: this.init.swarmKey }) } : {}),
         connectionGater: this.gate.gater(),
@@ -196,6 +224,25 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
         services: {
           identify: identify(),
           ping: ping(),
+          reachability: reachability({ log: this.log, useRelays: relay !== false }),
+          ...(relayReservations > 0
+            ? {
+                relay: circuitRelayServer({
+                  reservations: {
+                    maxReservations: relayReservations,
+                    reservationTtl: RELAY_RESERVATION_TTL_MS,
+                    applyDefaultLimit: relayLimited,
+                    ...(relayLimited
+                      ? {
+                          // One of the two set: the other is as good as unlimited.
+                          defaultDataLimit: BigInt((relay.dataLimitBytes ?? 0) > 0 ? relay.dataLimitBytes ?? 0 : Number.MAX_SAFE_INTEGER),
+                          defaultDurationLimit: (relay.durationLimitMs ?? 0) > 0 ? relay.durationLimitMs : 2 ** 31 - 1
+                        }
+                      : {})
+                  }
+                })
+              }
+            : {}),
           pubsub: gossipsub({
             // A lone node still advertises; the first peer to connect gets the next one.
             allowPublishToZeroTopicPeers: true,
@@ -233,11 +280,14 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
         this.bulk = new BulkServer(this.listen.some(a => a.startsWith('/ip4/127.')) ? '127.0.0.1' : '0.0.0.0')
         await this.bulk.start()
       }
-      this.fetcher = new BlobFetcher(this.libp2p, this.blobs)
+      this.fetcher = new BlobFetcher(this.libp2p, this.blobs, this.bulk)
       const shared = new SharedCache(this.fetcher, this.limits.maxTensorBytes)
-      await registerBlobHandler(this.libp2p, this.blobs, this.log, this.bulk, this.peerLimits)
+      const bulkPortOf = (peer: string): number | undefined => this.directory.get(peer)?.capacity.bulkPort
+      await registerBlobHandler(this.libp2p, this.blobs, this.log, this.bulk, this.peerLimits, bulkPortOf)
+      await registerReachHandler(this.libp2p, this.log)
+      this.libp2p.services.reachability.onChange = () => { this.capacity?.changed() }
       this.jobManager = new JobManager(
-        { libp2p: this.libp2p, directory: this.directory, pool: this.pool, log: this.log, blobs: this.blobs, bulk: this.bulk },
+        { libp2p: this.libp2p, directory: this.directory, pool: this.pool, log: this.log, blobs: this.blobs, bulk: this.bulk, bulkPortOf },
         { journal: this.journal, limits: this.limits, serve: this.init.serve !== false, shardsPerPeer: this.init.shardsPerPeer, hooks: this.init.hooks, faults: this.init.faults, observer: this.metrics, peers: this.peerLimits, storage: this.storage }
       )
       const jobs = this.jobManager
@@ -245,6 +295,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
       await registerShardHandler(this.libp2p, async (shard, signal) => await jobs.execute(shard, signal), this.log, {
         limits: this.limits,
         bulk: this.bulk,
+        bulkPortOf,
         guard: this.peerLimits,
         admit: (from) => jobs.admitShard(from),
         resolve: async (refs, from) => {
@@ -285,7 +336,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
     this.jobManager?.stop()
     this.peerLimits.detach()
     this.metrics.stop()
-    if (this.libp2pNode !== undefined) await this.libp2pNode.unhandle([BID_PROTOCOL, SHARD_PROTOCOL, BLOB_PROTOCOL]).catch(() => {})
+    if (this.libp2pNode !== undefined) await this.libp2pNode.unhandle([BID_PROTOCOL, SHARD_PROTOCOL, BLOB_PROTOCOL, REACH_PROTOCOL]).catch(() => {})
     this.capacity?.stop()
     this.directory.stop()
     await this.libp2pNode?.stop()
@@ -366,7 +417,9 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
       peers: this.directory.size,
       distrusted: this.jobManager?.distrusted() ?? [],
       blobBytesFetched: this.fetcher?.fetchedBytes ?? 0,
-      bulk: this.bulk === undefined ? null : { port: this.bulk.port, bytesServed: this.bulk.bytesServed, transfers: this.bulk.transfers },
+      bulk: this.bulk === undefined ? null : { port: this.bulk.port, bytesServed: this.bulk.bytesServed, transfers: this.bulk.transfers, bytesPushed: this.bulk.bytesPushed, bytesReceived: this.bulk.bytesReceived },
+      ...this.reachabilityInfo(),
+      links: this.jobManager?.links.snapshot() ?? {},
       servingShards: this.jobManager?.servingShards ?? 0,
       adverts: this.capacity?.counters ?? { published: 0, accepted: 0, rejected: { oversized: 0, garbage: 0, spoofed: 0, version: 0, invalid: 0, clock: 0, replayed: 0 }, lastAdvertBytes: 0 },
       access: { private: this.init.swarmKey !== undefined, allowlist: this.init.allow?.length ?? null, refused: { ...this.gate.refused } },
@@ -386,10 +439,36 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
       busy: this.pool.busy,
       queued: this.pool.queued,
       operators: this.pool.operators,
-      addrs: this.libp2pNode?.getMultiaddrs().map(a => a.decapsulateCode(421)) ?? []
+      addrs: this.advertisedAddrs(),
+      bulkPort: this.bulk?.port ?? 0
     }
     if (this.pool.gpu !== undefined) c.gpu = this.pool.gpu
     return c
+  }
+
+  /** Reachability, our relay, and what we relay for others. */
+  private reachabilityInfo (): Pick<NodeInfo, 'reachability' | 'relay' | 'relayFailures' | 'relayServer'> {
+    const r = this.libp2pNode?.services.reachability.info()
+    const server = this.libp2pNode?.services.relay
+    const relay = this.init.relay ?? {}
+    return {
+      reachability: r?.reachability ?? 'unknown',
+      relay: r?.relay ?? null,
+      relayFailures: r?.relayFailures ?? 0,
+      relayServer: server === undefined ? null : { reservations: server.reservations.size, maxReservations: relay === false ? 0 : relay.reservations ?? DEFAULT_RELAY_RESERVATIONS }
+    }
+  }
+
+  /**
+   * Our addresses for adverts, without our own /p2p suffix. A private node's
+   * direct addresses go first but peers cannot use them; its relayed address
+   * is how other private nodes reach it.
+   */
+  private advertisedAddrs (): Multiaddr[] {
+    if (this.libp2pNode === undefined) return []
+    const addrs = this.libp2p.getMultiaddrs().map(a => a.decapsulateCode(421))
+    // Relayed addresses end in /p2p-circuit/p2p/US: keep the relay's part.
+    return addrs.sort((a, b) => Number(isRelayed(b)) - Number(isRelayed(a)))
   }
 
   /** Remembers a peer's advertised addresses and connects if we are not connected yet. */
@@ -406,15 +485,35 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
     }, () => {})
   }
 
+  /**
+   * Dials a peer (by id: the addresses it advertised) unless a direct
+   * connection exists. A relayed connection is what two private nodes have;
+   * a private node still tries the peer's direct addresses (the peer may be
+   * public and merely have dialed us through a relay first), while a public
+   * node never dials through a relay: a private peer dials it directly.
+   */
   private dialQuietly (peer: PeerId | undefined, addrs: Multiaddr[]): void {
     if (this.libp2pNode === undefined || this.libp2pNode.status !== 'started') return
-    if (peer !== undefined && this.libp2p.getConnections(peer).length > 0) return
-    if (peer !== undefined && this.peerLimits.isBanned(peer.toString())) return
-    const target = peer ?? addrs[0]
-    if (target === undefined) return
-    this.libp2p.dial(peer !== undefined && addrs.length === 0 ? peer : addrs, { signal: AbortSignal.timeout(this.intervalMs * 2) }).catch((err: unknown) => {
-      this.log.debug({ peer: peer?.toString(), err: errorMessage(err) }, 'dial failed')
-    })
+    const fail = (err: unknown): void => { this.log.debug({ peer: peer?.toString(), err: errorMessage(err) }, 'dial failed') }
+    const signal = AbortSignal.timeout(this.intervalMs * 2)
+    if (peer === undefined) {
+      if (addrs.length > 0) this.libp2p.dial(addrs, { signal }).catch(fail)
+      return
+    }
+    if (this.peerLimits.isBanned(peer.toString())) return
+    const conns = this.libp2p.getConnections(peer)
+    if (conns.some(c => c.limits === undefined && !isRelayed(c.remoteAddr))) return
+    const privateNode = this.libp2p.services.reachability.reachability === 'private'
+    if (conns.length > 0 && !privateNode) return
+    const known = addrs.length > 0
+      ? Promise.resolve(addrs)
+      : this.libp2p.peerStore.get(peer).then(p => p.addresses.map(a => a.multiaddr), () => [] as Multiaddr[])
+    known.then(async (list) => {
+      const direct = list.filter(a => !isRelayed(a))
+      const targets = (privateNode && conns.length === 0 ? list : direct).map(a => a.getComponents().at(-1)?.name === 'p2p' ? a : a.encapsulate(`/p2p/${peer.toString()}`))
+      if (targets.length === 0) return
+      await this.libp2p.dial(targets, { signal, force: conns.length > 0 })
+    }).catch(fail)
   }
 
   private repairConnectivity (): void {

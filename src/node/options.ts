@@ -40,6 +40,14 @@ export interface MeshNodeInit {
   shardsPerPeer?: number
   /** Move large tensors over the AES-GCM bulk channel beside libp2p (default true); false keeps every byte on libp2p streams. */
   bulk?: boolean
+  /**
+   * This node as a circuit relay for peers behind NAT, and whether it takes a
+   * relay when it is behind NAT itself; false does neither. `reservations`:
+   * peers it relays for at once (default DEFAULT_RELAY_RESERVATIONS, 0 for
+   * none); `dataLimitBytes`/`durationLimitMs` bound each relayed connection
+   * (default 0: unlimited, since shards cross these connections).
+   */
+  relay?: { reservations?: number, dataLimitBytes?: number, durationLimitMs?: number } | false
   /** Keep jobs, partials and results in the data directory's journal (default true). */
   journal?: boolean
   /**

@@ -49,7 +49,8 @@ const anyAdvert = (peerId: () => Uint8Array): fc.Arbitrary<Advert> => fc.record(
   busy: uint32,
   queued: uint32,
   operators: fc.array(fc.oneof(name, utf8String(MAX_NAME_BYTES)), { maxLength: MAX_ADVERT_OPERATORS }),
-  addrs: fc.array(fc.oneof(addrText.map(a => multiaddr(a).bytes), fc.uint8Array({ maxLength: MAX_ADDR_BYTES })), { maxLength: MAX_ADVERT_ADDRS })
+  addrs: fc.array(fc.oneof(addrText.map(a => multiaddr(a).bytes), fc.uint8Array({ maxLength: MAX_ADDR_BYTES })), { maxLength: MAX_ADVERT_ADDRS }),
+  bulkPort: uint32
 })
 
 /** An advert that follows every rule, from `author`, against our clock at NOW. */
@@ -65,7 +66,8 @@ const validAdvert = (): fc.Arbitrary<{ advert: Advert, addrs: string[] }> => fc.
   slotsBusy: fc.integer({ min: 0, max: MAX_SLOTS }).chain(s => fc.tuple(fc.constant(s), fc.integer({ min: 0, max: s }))),
   queued: uint32,
   operators: fc.array(name, { maxLength: 12 }),
-  addrs: fc.array(addrText, { maxLength: 4 })
+  addrs: fc.array(addrText, { maxLength: 4 }),
+  bulkPort: fc.integer({ min: 0, max: 65535 })
 }).map(v => ({
   advert: {
     version: ADVERT_VERSION,
@@ -83,7 +85,8 @@ const validAdvert = (): fc.Arbitrary<{ advert: Advert, addrs: string[] }> => fc.
     busy: v.slotsBusy[1],
     queued: v.queued,
     operators: v.operators,
-    addrs: v.addrs.map(a => multiaddr(a).bytes)
+    addrs: v.addrs.map(a => multiaddr(a).bytes),
+    bulkPort: v.bulkPort
   },
   addrs: v.addrs.map(a => multiaddr(a).toString())
 })).filter(v => AdvertCodec.encode(v.advert).byteLength <= MAX_ADVERT_BYTES)

@@ -1,5 +1,6 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { BULK_FRAME_BYTES, BulkServer, bulkFetch } from '../../src/protocol/bulk/index.ts'
+import { multiaddr } from '@multiformats/multiaddr'
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
+import { BULK_FRAME_BYTES, BulkServer, PARK_MS, bulkFetch, bulkPush, bulkRoute, pushTicket } from '../../src/protocol/bulk/index.ts'
 
 describe('bulk channel', () => {
   const server = new BulkServer('127.0.0.1')
@@ -45,5 +46,64 @@ describe('bulk channel', () => {
     const ticket = server.offer([bytes(10, 6)])
     // The receiver expects a final frame at 12 bytes; the sender sealed it at 10.
     await expect(bulkFetch('127.0.0.1', { ...ticket, bytes: 12 }, [new Uint8Array(12)])).rejects.toMatchObject({ code: expect.stringMatching(/^ERR_BULK/) })
+  })
+})
+
+describe('bulk channel, pushed', () => {
+  const receiver = new BulkServer('127.0.0.1')
+  beforeAll(async () => { await receiver.start() })
+  afterAll(async () => { await receiver.stop() })
+  const parts = [new Uint8Array(BULK_FRAME_BYTES + 3).map((_, i) => i & 0xff), Uint8Array.of(1, 2, 3)]
+  const size = parts.reduce((n, p) => n + p.byteLength, 0)
+  const joined = (targets: Uint8Array[]): Buffer => Buffer.concat(targets)
+
+  it('takes a push whose ticket arrived first', async () => {
+    const ticket = pushTicket(receiver.port, parts)
+    const target = new Uint8Array(size)
+    const got = receiver.receive(ticket, [target])
+    expect(await bulkPush('127.0.0.1', receiver.port, ticket, parts)).toBe(size)
+    await got
+    expect(Buffer.compare(joined([target]), Buffer.concat(parts))).toBe(0)
+  })
+
+  it('takes a push that connected before its ticket arrived (the ticket rides a slower stream)', async () => {
+    const ticket = pushTicket(receiver.port, parts)
+    const target = new Uint8Array(size)
+    const pushed = bulkPush('127.0.0.1', receiver.port, ticket, parts)
+    // Wait until the receiver holds the early connection, then hand it the ticket.
+    await vi.waitFor(() => { expect((receiver as unknown as { parked: Map<string, unknown> }).parked.size).toBe(1) })
+    await receiver.receive(ticket, [target])
+    await pushed
+    expect(Buffer.compare(joined([target]), Buffer.concat(parts))).toBe(0)
+  })
+
+  it('refuses a pusher without the key, and the receiver says so', async () => {
+    const ticket = pushTicket(receiver.port, parts)
+    const got = receiver.receive(ticket, [new Uint8Array(size)], AbortSignal.timeout(20_000))
+    const forged = { ...ticket, key: new Uint8Array(16) }
+    await expect(bulkPush('127.0.0.1', receiver.port, forged, parts)).rejects.toThrow()
+    // The forger's connection was dropped; the real push still lands.
+    await bulkPush('127.0.0.1', receiver.port, ticket, parts)
+    await got
+  })
+
+  it('a pull of a ticket nobody offered fails at once, not after the park time', async () => {
+    const ticket = { ...pushTicket(receiver.port, parts), push: false }
+    await expect(bulkFetch('127.0.0.1', ticket, [new Uint8Array(size)], AbortSignal.timeout(PARK_MS / 2))).rejects.toMatchObject({ code: 'ERR_BULK' })
+  })
+})
+
+describe('bulk route', () => {
+  const direct = multiaddr('/ip4/198.18.0.10/tcp/4001')
+  it('the side that dialed the libp2p connection dials the bulk one', () => {
+    expect(bulkRoute({ direction: 'inbound', remoteAddr: direct }, 5000)).toEqual({ mode: 'pull' })
+    expect(bulkRoute({ direction: 'outbound', remoteAddr: direct }, 5000)).toEqual({ mode: 'push', host: '198.18.0.10', port: 5000 })
+  })
+  it('keeps bytes on the stream over a relay, or when the peer has no bulk port', () => {
+    const relayed = multiaddr('/ip4/198.18.0.10/tcp/4001/p2p/12D3KooWGRUVh7FU7hUJ6NrL1DdUDoq2m9Cs8XGrYzsJdHo5MBRM/p2p-circuit')
+    expect(bulkRoute({ direction: 'inbound', remoteAddr: relayed }, 5000)).toEqual({ mode: 'stream' })
+    expect(bulkRoute({ direction: 'outbound', remoteAddr: direct, limits: { bytes: 1n } }, 5000)).toEqual({ mode: 'stream' })
+    expect(bulkRoute({ direction: 'outbound', remoteAddr: direct }, 0)).toEqual({ mode: 'stream' })
+    expect(bulkRoute(undefined, 5000)).toEqual({ mode: 'stream' })
   })
 })

@@ -32,6 +32,7 @@ function advert (overrides: Partial<Advert> = {}): Advert {
     queued: 0,
     operators: ['matmul', 'map', 'reduce'],
     addrs: [multiaddr('/ip4/127.0.0.1/tcp/40001').bytes],
+    bulkPort: 40002,
     ...overrides
   }
 }

@@ -3,6 +3,8 @@ import { TensormeshError, errorCode, errorMessage } from '../../errors.ts'
 import { getOperator } from '../../compute/operators/index.ts'
 import { requestBid } from '../../protocol/bid/index.ts'
 import { planShards, DEFAULT_SHARDS_PER_PEER } from './split.ts'
+import { linkAdjustedRate } from './links.ts'
+import type { LinkMeter } from './links.ts'
 import { JobRun, MAX_INFLIGHT_PER_PEER, short } from './job-run.ts'
 import { ContentIndex, JobShares } from '../shared-content.ts'
 import type { Job } from './job.ts'
@@ -31,8 +33,12 @@ export interface CoordinatorComponents {
   onOutvoted: (peer: string, job: Job, shard: number) => void
   /** Where this node serves a job's shared content from. */
   blobs: BlobStore
+  /** Link rates measured to each peer across jobs: the split and deadlines read them. */
+  links?: LinkMeter
   /** The bulk channel for large shard inputs, when enabled. */
   bulk?: BulkServer
+  /** A peer's bulk port from its advert: where to push to a peer we dialed. */
+  bulkPortOf?: (peer: string) => number | undefined
 }
 
 /**
@@ -97,7 +103,13 @@ export class Coordinator {
       }
       let preferred: string[]
       if (job.shards.length === 0) {
-        const split: SplitBid[] = accepted.map(b => ({ peer: b.peer, unitsPerSecond: b.answer?.unitsPerSecond ?? 0, maxUnits: b.answer?.units ?? 0 }))
+        // A remote peer's rate counts its link: each unit's bytes cross it (measured in earlier jobs; the coordinator moves none).
+        const bytesPerUnit = plan.cost.bytesInPerUnit + plan.cost.bytesOutPerUnit
+        const split: SplitBid[] = accepted.map(b => ({
+          peer: b.peer,
+          unitsPerSecond: b.peer === this.selfId ? b.answer?.unitsPerSecond ?? 0 : linkAdjustedRate(b.answer?.unitsPerSecond ?? 0, bytesPerUnit, this.c.links?.estimate(b.peer)),
+          maxUnits: b.answer?.units ?? 0
+        }))
         const planned = planShards(plan.units, split, job.schedule.shardsPerPeer ?? this.init.shardsPerPeer ?? DEFAULT_SHARDS_PER_PEER)
         job.shards = planned.map(s => ({ index: s.index, start: s.start, end: s.end, state: 'pending', attempts: 0, bytesIn: 0, bytesOut: 0, history: [] }))
         preferred = planned.map(s => s.preferred)

@@ -16,6 +16,7 @@ import type { JobHooks } from './coordinator.ts'
 import type { Journal } from './journal.ts'
 import type { BlobStore } from '../blob-store.ts'
 import type { BulkServer } from '../../protocol/bulk/index.ts'
+import { LinkMeter } from './links.ts'
 import type { ExecutorPool } from '../../compute/index.ts'
 import type { Tensors } from '../../compute/operators/types.ts'
 import type { BidAnswer, BidRequest } from '../../protocol/bid/index.ts'
@@ -86,6 +87,8 @@ export interface JobManagerComponents {
   blobs: BlobStore
   /** The bulk channel for large shard inputs and results, when enabled. */
   bulk?: BulkServer
+  /** A peer's bulk port from its advert: where to push to a peer we dialed. */
+  bulkPortOf?: (peer: string) => number | undefined
 }
 
 /**
@@ -162,6 +165,8 @@ export class JobManager {
   /** Shards each remote coordinator has on this node now, from stream open to close. */
   private readonly inflight = new Map<string, number>()
   private inflightTotal = 0
+  /** Link rates to peers, measured by this node's jobs. */
+  readonly links = new LinkMeter()
 
   constructor (components: JobManagerComponents, init: JobManagerInit) {
     this.c = components
@@ -169,6 +174,7 @@ export class JobManager {
     this.journal = init.journal
     this.coordinator = new Coordinator({
       ...components,
+      links: this.links,
       bid: (req) => this.bid(req),
       distrusted: (peer) => (this.outvotes.get(peer) ?? 0) >= MAX_OUTVOTES || this.init.peers?.isBanned(peer) === true,
       onOutvoted: (peer, job, shard) => {

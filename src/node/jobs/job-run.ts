@@ -13,6 +13,7 @@ import type { Logger } from '../log.ts'
 import type { PeerDirectory } from '../peer-directory.ts'
 import type { Libp2p } from '@libp2p/interface'
 import { PaceModel } from './pace.ts'
+import type { LinkMeter } from './links.ts'
 
 /** DESIGN: a failed shard goes to another peer, up to three attempts in all. */
 export const MAX_SHARD_ATTEMPTS = 3
@@ -120,8 +121,12 @@ export interface JobRunComponents {
   log: Logger
   /** Gives this job's shared inputs and blobs CIDs and serves them to peers. */
   shares?: RefPublisher
+  /** Link rates measured to each peer across jobs (deadlines, backups). */
+  links?: LinkMeter
   /** Serves large shard inputs over the bulk channel. */
   bulk?: BulkServer
+  /** A peer's bulk port from its advert: where to push to a peer we dialed. */
+  bulkPortOf?: (peer: string) => number | undefined
   /** How a shard reaches a remote peer; `/tensormesh/shard/1.0.0` unless a test stands in for the network. */
   send?: (peer: string, shard: OutgoingShard, signal: AbortSignal) => Promise<ShardOutcome>
 }
@@ -180,7 +185,7 @@ export class JobRun {
     if (plan === undefined) throw new Error('job has no plan')
     this.reducer = init.op.reducer(plan)
     for (const p of init.participants) this.participants.set(p.peer, p)
-    this.pace = new PaceModel(this.participants)
+    this.pace = new PaceModel(this.participants, (peer) => this.c.links?.measured(peer))
     this.runs = init.job.shards.map(rec => ({
       rec, copies: new Set(), results: [], ran: new Set(), needed: init.verify.replicas,
       failures: 0, spot: false, backups: 0, done: false, causes: []
@@ -392,7 +397,10 @@ export class JobRun {
 
     const units = rec.end - rec.start
     const bytes = plan.cost.bytesInFixed + units * (plan.cost.bytesInPerUnit + plan.cost.bytesOutPerUnit)
-    const deadlineMs = (units / p.rate) * 1000 * DEADLINE_FACTOR + (p.local ? 0 : bytes / DEADLINE_BYTES_PER_SECOND * 1000) + DEADLINE_SLACK_MS
+    // Transfer at the link's measured rate, with the same margin as compute; unmeasured, at a slow LAN's.
+    const link = p.local ? undefined : this.c.links?.measured(p.peer)
+    const transferMs = p.local ? 0 : link !== undefined ? bytes / link * 1000 * DEADLINE_FACTOR : bytes / DEADLINE_BYTES_PER_SECOND * 1000
+    const deadlineMs = (units / p.rate) * 1000 * DEADLINE_FACTOR + transferMs + DEADLINE_SLACK_MS
     const timer = setTimeout(() => {
       copy.ctl.abort(new TensormeshError('ERR_SHARD_DEADLINE', `no result within ${Math.round(deadlineMs)} ms (${DEADLINE_FACTOR}x the bid's estimate plus slack)`))
     }, deadlineMs)
@@ -406,7 +414,9 @@ export class JobRun {
     work.then(outcome => {
       attempt.ms = Math.round(performance.now() - copy.startedAt)
       attempt.computeMs = Math.round(outcome.computeMs)
-      this.pace.record({ peer: p.peer, units, bytes: outcome.bytesIn + outcome.bytesOut + copy.fixedBytes, ms: performance.now() - copy.startedAt, computeMs: outcome.computeMs, queued: copy.queued })
+      const sample = { peer: p.peer, units, bytes: outcome.bytesIn + outcome.bytesOut + copy.fixedBytes, ms: performance.now() - copy.startedAt, computeMs: outcome.computeMs, queued: copy.queued }
+      this.pace.record(sample)
+      if (!p.local) this.c.links?.record(sample)
       this.holding.add(p.peer)
       this.settleCopy(run, copy, () => { this.succeeded(run, copy, outcome.partial, outcome) })
     }, (err: unknown) => {
@@ -422,7 +432,7 @@ export class JobRun {
 
   private async send (peer: string, shard: OutgoingShard, signal: AbortSignal): Promise<ShardOutcome> {
     if (this.c.send !== undefined) return await this.c.send(peer, shard, signal)
-    return await sendShard(this.c.libp2p, peerIdFromString(peer), shard, signal, { limits: this.i.limits, publisher: this.c.shares, bulk: this.c.bulk })
+    return await sendShard(this.c.libp2p, peerIdFromString(peer), shard, signal, { limits: this.i.limits, publisher: this.c.shares, bulk: this.c.bulk, bulkPortOf: this.c.bulkPortOf })
   }
 
   private settleCopy (run: ShardRun, copy: Copy, then: () => void): void {
@@ -464,7 +474,7 @@ export class JobRun {
     if (run.rec.state !== 'done') run.rec.state = run.copies.size > 0 ? 'running' : 'pending'
   }
 
-  private succeeded (run: ShardRun, copy: Copy, partial: Tensors, outcome: { bytesIn: number, bytesOut: number }): void {
+  private succeeded (run: ShardRun, copy: Copy, partial: Tensors, outcome: { bytesIn: number, bytesOut: number, relayed?: boolean }): void {
     if (run.done) return
     run.results.push({ peer: copy.participant.peer, partial })
     // Spot check: a shard that ran elsewhere is, with probability p, run once more here.
@@ -502,6 +512,8 @@ export class JobRun {
     rec.computeMs = winning?.computeMs ?? copy.attempt.computeMs
     rec.bytesIn = outcome.bytesIn
     rec.bytesOut = outcome.bytesOut
+    if (!copy.participant.local) rec.via = outcome.relayed === true ? 'relay' : 'direct'
+    else delete rec.via
     for (const r of run.results) {
       if (r !== winner && !agree(r.partial, winner.partial, this.i.verify.rtol)) {
         this.i.job.outvoted.push({ shard: rec.index, peer: r.peer })

@@ -63,6 +63,8 @@ export interface ShardRecord {
   computeMs?: number
   bytesIn: number
   bytesOut: number
+  /** How the winning copy's bytes moved: over a direct connection or through a relay (absent: ran on the coordinator). */
+  via?: 'direct' | 'relay'
   history: ShardAttempt[]
 }
 

@@ -71,8 +71,12 @@ export class PaceModel {
   private readonly links = new Map<string, LinkSum>()
   private readonly allLinks: LinkSum = { bytes: 0, ms: 0, copies: 0 }
 
-  constructor (peers: ReadonlyMap<string, PeerTerms>) {
+  /** What earlier jobs measured of a peer's link, bytes per second (used before this job has its own figure). */
+  private readonly prior: (peer: string) => number | undefined
+
+  constructor (peers: ReadonlyMap<string, PeerTerms>, prior: (peer: string) => number | undefined = () => undefined) {
     this.peers = peers
+    this.prior = prior
   }
 
   record (sample: CopySample): void {
@@ -119,6 +123,8 @@ export class PaceModel {
     const rate = (sum: LinkSum): number => sum.bytes / Math.max(sum.ms, sum.copies)
     const own = this.links.get(peer)
     if (own !== undefined) return rate(own)
+    const before = this.prior(peer)
+    if (before !== undefined && before > 0) return before / 1000
     if (this.allLinks.copies > 0) return rate(this.allLinks)
     return ASSUMED_LINK_BYTES_PER_SECOND / 1000
   }

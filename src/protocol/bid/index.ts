@@ -5,6 +5,7 @@
  */
 import { lpStream } from '@libp2p/utils'
 import { ProtocolError, errorCode, errorMessage } from '../../errors.ts'
+import { directConnection } from '../connections.ts'
 import { messageCodec } from '../codec.ts'
 import { peerText } from '../sanitize.ts'
 import { OPEN_GUARD, isMalformed } from '../peer-guard.ts'
@@ -117,7 +118,7 @@ export async function handleBidStream (stream: Stream, from: PeerId, bidder: Bid
 export async function registerBidHandler (libp2p: Libp2p, bidder: Bidder, log: Logger, guard?: PeerGuard): Promise<void> {
   await libp2p.handle(BID_PROTOCOL, async (stream: Stream, connection: Connection) => {
     await handleBidStream(stream, connection.remotePeer, bidder, log, guard)
-  }, { maxInboundStreams: MAX_INBOUND_BID_STREAMS })
+  }, { maxInboundStreams: MAX_INBOUND_BID_STREAMS, runOnLimitedConnection: true })
 }
 
 /** Sends a call for bids on an open stream and reads the answer. */
@@ -139,6 +140,9 @@ export async function bidOverStream (stream: Stream, req: BidRequest, signal?: A
 /** Asks one peer for a bid; throws on a failed, slow or malformed answer. */
 export async function requestBid (libp2p: Libp2p, peer: PeerId, req: BidRequest, signal?: AbortSignal): Promise<BidAnswer> {
   const timeout = AbortSignal.timeout(BID_TIMEOUT_MS)
-  const stream = await libp2p.dialProtocol(peer, BID_PROTOCOL, { signal: signal === undefined ? timeout : AbortSignal.any([signal, timeout]) })
+  const sig = signal === undefined ? timeout : AbortSignal.any([signal, timeout])
+  // Over the direct connection where there is one (a NATed peer has dialed us), else through a relay.
+  const connection = await directConnection(libp2p, peer, sig)
+  const stream = await connection.newStream(BID_PROTOCOL, { signal: sig, runOnLimitedConnection: true })
   return await bidOverStream(stream, req, signal)
 }

@@ -9,8 +9,9 @@ import { ProtocolError, LimitExceededError, TensormeshError, errorCode, errorMes
 import { cidOf, parseCid } from '../../node/blob-store.ts'
 import { messageCodec } from '../codec.ts'
 import { CHUNK_BYTES } from '../limits.ts'
-import { BULK_MIN_BYTES, BulkTicketCodec, bulkFetch, hostOf } from '../bulk/index.ts'
-import type { BulkServer, BulkTicket } from '../bulk/index.ts'
+import { BULK_MIN_BYTES, BulkError, BulkTicketCodec, bulkFetch, bulkPush, bulkRoute, hostOf, pushTicket } from '../bulk/index.ts'
+import { directConnection } from '../connections.ts'
+import type { BulkRoute, BulkServer, BulkTicket } from '../bulk/index.ts'
 import { peerText } from '../sanitize.ts'
 import { OPEN_GUARD, RateLimitedError, isMalformed } from '../peer-guard.ts'
 import type { PeerGuard } from '../peer-guard.ts'
@@ -61,7 +62,7 @@ export class BlobNotFoundError extends TensormeshError {
  * granted to this peer (a job of this node sent it a shard naming the CID);
  * anything else gets BLOB_NOT_HERE, decided before the store is looked at.
  */
-export async function handleBlobStream (stream: Stream, from: PeerId, store: BlobStore, log: Logger, bulk?: BulkServer, guard: PeerGuard = OPEN_GUARD): Promise<void> {
+export async function handleBlobStream (stream: Stream, from: PeerId, store: BlobStore, log: Logger, bulk?: BulkServer, guard: PeerGuard = OPEN_GUARD, route?: BulkRoute): Promise<void> {
   const peer = from.toString()
   const admission = guard.admit(peer, 'blob')
   if (admission === 'banned') {
@@ -87,9 +88,15 @@ export async function handleBlobStream (stream: Stream, from: PeerId, store: Blo
     const bytes = store.servable(peer, req.cid) ? await store.get(req.cid) : undefined
     if (bytes === undefined) {
       await lp.write(BlobAnswerCodec.encode({ ok: false, size: 0, error: BLOB_NOT_HERE }), { signal: timeout() })
-    } else if (bulk !== undefined && bytes.byteLength >= BULK_MIN_BYTES) {
+    } else if (bytes.byteLength >= BULK_MIN_BYTES && (route ?? { mode: 'pull' }).mode !== 'stream' && (bulk !== undefined || route?.mode === 'push')) {
       // Large blobs go over the bulk channel; the ticket travels on this encrypted stream.
-      await lp.write(BlobAnswerCodec.encode({ ok: true, size: bytes.byteLength, error: '', bulk: bulk.offer([bytes]) }), { signal: timeout() })
+      if (route?.mode === 'push') {
+        const ticket = pushTicket(route.port, [bytes])
+        await lp.write(BlobAnswerCodec.encode({ ok: true, size: bytes.byteLength, error: '', bulk: ticket }), { signal: timeout() })
+        await bulkPush(route.host, route.port, ticket, [bytes], undefined, bulk)
+      } else if (bulk !== undefined) {
+        await lp.write(BlobAnswerCodec.encode({ ok: true, size: bytes.byteLength, error: '', bulk: bulk.offer([bytes]) }), { signal: timeout() })
+      }
     } else {
       await lp.write(BlobAnswerCodec.encode({ ok: true, size: bytes.byteLength, error: '' }), { signal: timeout() })
       for (let off = 0; off < bytes.byteLength; off += CHUNK_BYTES) {
@@ -104,14 +111,16 @@ export async function handleBlobStream (stream: Stream, from: PeerId, store: Blo
   }
 }
 
-export async function registerBlobHandler (libp2p: Libp2p, store: BlobStore, log: Logger, bulk?: BulkServer, guard?: PeerGuard): Promise<void> {
+/** `bulkPortOf`: a peer's bulk port from its advert, for pushing to a peer that dialed us. */
+export async function registerBlobHandler (libp2p: Libp2p, store: BlobStore, log: Logger, bulk?: BulkServer, guard?: PeerGuard, bulkPortOf?: (peer: string) => number | undefined): Promise<void> {
   await libp2p.handle(BLOB_PROTOCOL, async (stream: Stream, connection: Connection) => {
-    await handleBlobStream(stream, connection.remotePeer, store, log, bulk, guard)
-  }, { maxInboundStreams: MAX_INBOUND_BLOB_STREAMS })
+    const route = bulkRoute(connection, bulkPortOf?.(connection.remotePeer.toString()))
+    await handleBlobStream(stream, connection.remotePeer, store, log, bulk, guard, route)
+  }, { maxInboundStreams: MAX_INBOUND_BLOB_STREAMS, runOnLimitedConnection: true })
 }
 
 /** Reads one blob from an open stream and checks it against its CID. */
-export async function blobOverStream (stream: Stream, cid: string, signal?: AbortSignal, maxBytes = MAX_BLOB_BYTES, remoteHost?: string): Promise<Uint8Array> {
+export async function blobOverStream (stream: Stream, cid: string, signal?: AbortSignal, maxBytes = MAX_BLOB_BYTES, remoteHost?: string, bulk?: BulkServer): Promise<Uint8Array> {
   const sig = (): AbortSignal => signal === undefined ? AbortSignal.timeout(BLOB_FRAME_TIMEOUT_MS) : AbortSignal.any([signal, AbortSignal.timeout(BLOB_FRAME_TIMEOUT_MS)])
   try {
     const lp = lpStream(stream, { maxDataLength: CHUNK_BYTES })
@@ -122,8 +131,14 @@ export async function blobOverStream (stream: Stream, cid: string, signal?: Abor
     if (answer.size > maxBytes) throw new LimitExceededError(`blob ${cid} is ${answer.size} bytes, more than the ${maxBytes}-byte limit`)
     const bytes = new Uint8Array(answer.size)
     if (answer.bulk !== undefined) {
-      if (remoteHost === undefined || answer.bulk.bytes !== answer.size || answer.bulk.id.byteLength !== 16 || answer.bulk.key.byteLength !== 16) throw new ProtocolError(`blob ${cid}: unusable bulk ticket`, 'ERR_BULK')
-      await bulkFetch(remoteHost, answer.bulk, [bytes], signal)
+      if (answer.bulk.bytes !== answer.size || answer.bulk.id.byteLength !== 16 || answer.bulk.key.byteLength !== 16) throw new ProtocolError(`blob ${cid}: unusable bulk ticket`, 'ERR_BULK')
+      if (answer.bulk.push === true) {
+        if (bulk === undefined) throw new BulkError(`blob ${cid}: the peer pushes over the bulk channel, and this node has none`)
+        await bulk.receive(answer.bulk, [bytes], signal)
+      } else {
+        if (remoteHost === undefined) throw new ProtocolError(`blob ${cid}: bulk ticket but no address to pull from`, 'ERR_BULK')
+        await bulkFetch(remoteHost, answer.bulk, [bytes], signal)
+      }
     }
     let off = answer.bulk !== undefined ? bytes.byteLength : 0
     while (off < bytes.byteLength) {
@@ -155,9 +170,13 @@ export class BlobFetcher {
   /** Bytes fetched from peers, by CID: the figure the issue asks each peer to report. */
   fetchedBytes = 0
 
-  constructor (libp2p: Libp2p, store: BlobStore) {
+  private readonly bulk?: BulkServer
+
+  /** `bulk`: where peers that cannot be pulled from push large blobs to us. */
+  constructor (libp2p: Libp2p, store: BlobStore, bulk?: BulkServer) {
     this.libp2p = libp2p
     this.store = store
+    this.bulk = bulk
   }
 
   /** `remember`: keep the bytes in the store's memory cache (callers that cache a decoded form pass false). */
@@ -177,8 +196,9 @@ export class BlobFetcher {
     const causes: string[] = []
     for (const peer of providers) {
       try {
-        const stream = await this.libp2p.dialProtocol(peer, BLOB_PROTOCOL, { signal })
-        const bytes = await blobOverStream(stream, cid, signal, MAX_BLOB_BYTES, hostOf(this.libp2p.getConnections(peer)[0]?.remoteAddr))
+        const connection = await directConnection(this.libp2p, peer, signal ?? AbortSignal.timeout(BLOB_FRAME_TIMEOUT_MS))
+        const stream = await connection.newStream(BLOB_PROTOCOL, { signal, runOnLimitedConnection: true })
+        const bytes = await blobOverStream(stream, cid, signal, MAX_BLOB_BYTES, hostOf(connection.remoteAddr), this.bulk)
         this.fetchedBytes += bytes.byteLength
         if (remember) this.store.remember(cid, bytes)
         return bytes

@@ -41,6 +41,8 @@ export interface Advert {
   operators: string[]
   /** Multiaddrs (binary) the author listens on, so peers can dial it for shards. */
   addrs: Uint8Array[]
+  /** The author's bulk channel TCP port, 0 for none: peers that dialed it push large tensors there. */
+  bulkPort: number
 }
 
 export const AdvertCodec = messageCodec<Advert>('Advert', {
@@ -59,5 +61,6 @@ export const AdvertCodec = messageCodec<Advert>('Advert', {
   busy: { no: 13, kind: 'uint32' },
   queued: { no: 14, kind: 'uint32' },
   operators: { no: 15, kind: 'string', maxBytes: MAX_NAME_BYTES, repeated: true, maxCount: MAX_ADVERT_OPERATORS },
-  addrs: { no: 16, kind: 'bytes', maxBytes: MAX_ADDR_BYTES, repeated: true, maxCount: MAX_ADVERT_ADDRS }
+  addrs: { no: 16, kind: 'bytes', maxBytes: MAX_ADDR_BYTES, repeated: true, maxCount: MAX_ADVERT_ADDRS },
+  bulkPort: { no: 17, kind: 'uint32' }
 }, MAX_ADVERT_BYTES)

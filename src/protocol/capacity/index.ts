@@ -53,6 +53,8 @@ export interface LocalCapacity {
   queued: number
   operators: string[]
   addrs: Multiaddr[]
+  /** The bulk channel's port; 0 or absent when this node has none. */
+  bulkPort?: number
 }
 
 export interface CapacityServiceComponents {
@@ -157,7 +159,8 @@ export class CapacityService implements Startable {
       busy: c.busy,
       queued: c.queued,
       operators: c.operators,
-      addrs: c.addrs.slice(0, 8).map(a => a.bytes)
+      addrs: c.addrs.slice(0, 8).map(a => a.bytes),
+      bulkPort: c.bulkPort ?? 0
     })
   }
 

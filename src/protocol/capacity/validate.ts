@@ -32,6 +32,8 @@ export interface PeerCapacity {
   queued: number
   operators: string[]
   addrs: string[]
+  /** The peer's bulk channel port (0: none). */
+  bulkPort: number
 }
 
 export type AdvertVerdict =
@@ -76,6 +78,7 @@ export function validateAdvert (bytes: Uint8Array, ctx: ValidateContext): Advert
   if (advert.slots > MAX_SLOTS || advert.busy > advert.slots) return reject('invalid', `advert slots ${advert.slots} / busy ${advert.busy} out of range`)
   if (!Number.isFinite(advert.gflops) || advert.gflops < 0 || advert.gflops > MAX_GFLOPS) return reject('invalid', 'advert gflops out of range')
   if (advert.memFreeBytes > advert.memTotalBytes) return reject('invalid', 'advert free memory exceeds total')
+  if (advert.bulkPort > 65535) return reject('invalid', `advert bulk port ${advert.bulkPort} is not a TCP port`)
 
   const addrs: string[] = []
   for (const bytes of advert.addrs) {
@@ -100,7 +103,8 @@ export function validateAdvert (bytes: Uint8Array, ctx: ValidateContext): Advert
     busy: advert.busy,
     queued: advert.queued,
     operators: advert.operators,
-    addrs
+    addrs,
+    bulkPort: advert.bulkPort
   }
   if (advert.gpuName !== '') capacity.gpu = { name: advert.gpuName, memoryBytes: advert.gpuMemBytes }
   return { ok: true, capacity }

@@ -10,11 +10,12 @@ import { ProtocolError, TensormeshError, errorCode, errorMessage } from '../../e
 import { messageCodec } from '../codec.ts'
 import { CHUNK_BYTES, DEFAULT_WIRE_LIMITS, MAX_HEADER_BYTES, MAX_PARAMS_BYTES, MAX_TENSORS_PER_FRAME } from '../limits.ts'
 import { peerText } from '../sanitize.ts'
-import { BULK_MIN_BYTES, BulkTicketCodec, bulkFetch, hostOf } from '../bulk/index.ts'
+import { BULK_MIN_BYTES, BulkError, BulkTicketCodec, bulkFetch, bulkPush, bulkRoute, hostOf, isRelayed, pushTicket } from '../bulk/index.ts'
+import { directConnection } from '../connections.ts'
 import { TensorDescCodec, allocateTensors, checkDescs, describeTensors, readTensorBytes, tensorBytes, writeTensorBytes } from '../tensor-frames.ts'
 import { OPEN_GUARD, RateLimitedError, isMalformed } from '../peer-guard.ts'
 import type { PeerGuard } from '../peer-guard.ts'
-import type { BulkServer, BulkTicket } from '../bulk/index.ts'
+import type { BulkRoute, BulkServer, BulkTicket } from '../bulk/index.ts'
 import type { LengthPrefixedStream } from '@libp2p/utils'
 import type { Params, ShardTask, Tensors } from '../../compute/operators/types.ts'
 import type { WireLimits } from '../limits.ts'
@@ -137,10 +138,14 @@ export interface ShardTransport {
   limits?: WireLimits
   /** Turns content refs into tensors (the peer side). */
   resolve?: RefResolver
-  /** Serves this side's large payloads over the bulk channel. */
+  /** Serves this side's large payloads over the bulk channel, and takes the other side's pushes. */
   bulk?: BulkServer
   /** The other side's IP address, for pulling its bulk offers. */
   remoteHost?: string
+  /** How this side's large payloads reach the other side (default: over the stream). */
+  route?: BulkRoute
+  /** A peer's bulk port, from its advert; a push needs it. */
+  bulkPortOf?: (peer: string) => number | undefined
   /** Bans, rate limits and strikes per peer (the peer side); none lets everyone in. */
   guard?: PeerGuard
   /**
@@ -155,8 +160,14 @@ export interface ShardTransport {
 /** Serves shards: reads one, runs it through `execute`, answers with the partial. */
 export async function registerShardHandler (libp2p: Libp2p, execute: ShardExecutor, log: Logger, transport: ShardTransport = {}): Promise<void> {
   await libp2p.handle(SHARD_PROTOCOL, async (stream: Stream, connection: Connection) => {
-    await handleShardStream(stream, connection.remotePeer, execute, log, { ...transport, remoteHost: hostOf(connection.remoteAddr) })
-  }, { maxInboundStreams: MAX_INBOUND_SHARD_STREAMS, maxOutboundStreams: MAX_INBOUND_SHARD_STREAMS })
+    const route = bulkRoute(connection, transport.bulkPortOf?.(connection.remotePeer.toString()))
+    await handleShardStream(stream, connection.remotePeer, execute, log, { ...transport, remoteHost: hostOf(connection.remoteAddr), route })
+  }, {
+    maxInboundStreams: MAX_INBOUND_SHARD_STREAMS,
+    maxOutboundStreams: MAX_INBOUND_SHARD_STREAMS,
+    // Two nodes behind NAT reach each other only through a relay of the mesh.
+    runOnLimitedConnection: true
+  })
 }
 
 /** Serves one shard on an open stream (the protocol handler's body). */
@@ -198,7 +209,7 @@ export async function handleShardStream (stream: Stream, from: PeerId, execute: 
     if (header.end < header.start) throw new ProtocolError('shard range ends before it starts', 'ERR_BAD_RANGE')
     checkDescs(header.tensors, limits, 'shard request')
     checkRefs(header)
-    const tensors = await receiveTensors(lp, header, limits, 'shard request', transport.remoteHost, lease.signal)
+    const tensors = await receiveTensors(lp, header, limits, 'shard request', transport, lease.signal)
     const task: ShardTask = { op: header.op, params, inputs: tensors }
     if (header.refs.length > 0 || header.blobs.length > 0) {
       if (resolve === undefined) throw new ProtocolError('this node takes no content refs', 'ERR_BAD_REF')
@@ -212,10 +223,12 @@ export async function handleShardStream (stream: Stream, from: PeerId, execute: 
     }, lease.signal)
     const out = Object.values(result.partial)
     answered = true
-    const ticket = offerBulk(transport.bulk, out)
+    const offer = offerBulk(transport, out)
+    const ticket = offer?.ticket
     try {
       await lp.write(ResultHeaderCodec.encode({ ok: true, errorCode: '', errorMessage: '', computeMs: result.computeMs, tensors: describeTensors(result.partial), ...(ticket !== undefined ? { bulk: ticket } : {}) }))
-      if (ticket === undefined) await writeTensorBytes(lp, out)
+      if (offer === undefined) await writeTensorBytes(lp, out)
+      else if (offer.push !== undefined) await bulkPush(offer.push.host, offer.push.port, offer.ticket, offer.parts, lease.signal, transport.bulk)
       // With a bulk offer the coordinator pulls, then closes; our close waits for that.
     } catch (err) {
       if (ticket !== undefined) transport.bulk?.withdraw(ticket)
@@ -256,6 +269,8 @@ export interface ShardOutcome {
   computeMs: number
   bytesOut: number
   bytesIn: number
+  /** True when the shard went through a circuit relay (both ends behind NAT). */
+  relayed?: boolean
 }
 
 /** Gives shared inputs and blobs their CIDs (and serves them) on the coordinator. */
@@ -281,10 +296,13 @@ export async function sendShard (libp2p: Libp2p, peer: PeerId, shard: OutgoingSh
     // Before the header leaves: the peer fetches as soon as it reads it.
     if (refs.length > 0 || blobs.length > 0) publisher.grant?.(peer.toString(), [...refs, ...blobs].map(r => r.cid))
   }
-  const stream = await libp2p.dialProtocol(peer, SHARD_PROTOCOL, { signal })
-  const remoteHost = hostOf(libp2p.getConnections(peer)[0]?.remoteAddr)
-  return await shardOverStream(stream, shard, signal, { ...transport, remoteHost }, refs, blobs)
+  const connection = await directConnection(libp2p, peer, signal)
+  const stream = await connection.newStream(SHARD_PROTOCOL, { signal, runOnLimitedConnection: true })
+  const route = bulkRoute(connection, transport.bulkPortOf?.(peer.toString()))
+  const outcome = await shardOverStream(stream, shard, signal, { ...transport, remoteHost: hostOf(connection.remoteAddr), route }, refs, blobs)
+  return { ...outcome, relayed: connection.limits !== undefined || isRelayed(connection.remoteAddr) }
 }
+
 
 /** Runs the coordinator's side of one shard on an open stream. */
 export async function shardOverStream (stream: Stream, shard: OutgoingShard, signal: AbortSignal, transport: ShardTransport = {}, refs: ContentRef[] = [], blobs: ContentRef[] = []): Promise<ShardOutcome> {
@@ -296,7 +314,8 @@ export async function shardOverStream (stream: Stream, shard: OutgoingShard, sig
     const lp = lpStream(stream, { maxDataLength: CHUNK_BYTES })
     const byRef = new Set(refs.map(r => r.name))
     const inline = Object.fromEntries(Object.entries(shard.task.inputs).filter(([name]) => !byRef.has(name)))
-    ticket = offerBulk(transport.bulk, Object.values(inline))
+    const offer = offerBulk(transport, Object.values(inline))
+    ticket = offer?.ticket
     const header: ShardHeader = {
       jobId: shard.jobId, index: shard.index, attempt: shard.attempt, op: shard.task.op,
       params: JSON.stringify(shard.task.params), start: shard.start, end: shard.end,
@@ -312,9 +331,12 @@ export async function shardOverStream (stream: Stream, shard: OutgoingShard, sig
     reply.then(() => { sending.abort(new TensormeshError('ERR_ANSWERED_EARLY', 'the peer answered before it took the inputs')) }, () => {})
     let bytesOut = ticket?.bytes ?? 0
     let cut = false
-    if (ticket === undefined) {
+    if (offer === undefined || offer.push !== undefined) {
       try {
-        bytesOut = await writeTensorBytes(lp, Object.values(inline), { signal: AbortSignal.any([signal, sending.signal]) })
+        const sendSignal = AbortSignal.any([signal, sending.signal])
+        bytesOut = offer?.push !== undefined
+          ? await bulkPush(offer.push.host, offer.push.port, offer.ticket, offer.parts, sendSignal, transport.bulk)
+          : await writeTensorBytes(lp, Object.values(inline), { signal: sendSignal })
       } catch (err) {
         if (!sending.signal.aborted || signal.aborted) throw err
         cut = true
@@ -326,7 +348,7 @@ export async function shardOverStream (stream: Stream, shard: OutgoingShard, sig
     if (!result.ok) throw new RemoteShardError(peerText(result.errorCode), peerText(result.errorMessage))
     if (cut) throw new ProtocolError('shard result: the peer answered ok before it received the inputs', 'ERR_BAD_RESULT')
     if (!Number.isFinite(result.computeMs) || result.computeMs < 0) throw new ProtocolError('result header: computeMs is not a finite non-negative number', 'ERR_BAD_RESULT')
-    const tensors = await receiveTensors(lp, result, limits, 'shard result', transport.remoteHost, signal)
+    const tensors = await receiveTensors(lp, result, limits, 'shard result', transport, signal)
     await stream.close({ signal }).catch(() => {})
     const bytes = Object.values(tensors).reduce((n, t) => n + t.data.byteLength, 0)
     return { partial: tensors, computeMs: result.computeMs, bytesOut, bytesIn: bytes }
@@ -339,23 +361,41 @@ export async function shardOverStream (stream: Stream, shard: OutgoingShard, sig
   }
 }
 
-/** Offers payloads of BULK_MIN_BYTES or more over the bulk channel, when there is one. */
-function offerBulk (bulk: BulkServer | undefined, tensors: Tensors[string][]): BulkTicket | undefined {
-  if (bulk === undefined) return undefined
-  const parts = tensorBytes(tensors)
-  if (parts.reduce((n, p) => n + p.byteLength, 0) < BULK_MIN_BYTES) return undefined
-  return bulk.offer(parts)
+interface BulkOffer {
+  ticket: BulkTicket
+  parts: Uint8Array[]
+  /** Set when this side connects and writes (the other side could not reach us). */
+  push?: { host: string, port: number }
 }
 
-/** Tensors described by a header: read from this stream, or pulled over the bulk channel its ticket names. */
-async function receiveTensors (lp: LengthPrefixedStream, header: { tensors: TensorDesc[], bulk?: BulkTicket }, limits: WireLimits, what: string, remoteHost: string | undefined, signal: AbortSignal): Promise<Tensors> {
+/**
+ * Payloads of BULK_MIN_BYTES or more go beside the stream, by the transport's
+ * route: offered for the other side to pull, or pushed to it. Undefined: on the stream.
+ */
+function offerBulk (transport: ShardTransport, tensors: Tensors[string][]): BulkOffer | undefined {
+  const route = transport.route ?? (transport.bulk !== undefined ? { mode: 'pull' } : { mode: 'stream' })
+  if (route.mode === 'stream') return undefined
+  const parts = tensorBytes(tensors)
+  if (parts.reduce((n, p) => n + p.byteLength, 0) < BULK_MIN_BYTES) return undefined
+  if (route.mode === 'push') return { ticket: pushTicket(route.port, parts), parts, push: { host: route.host, port: route.port } }
+  if (transport.bulk === undefined) return undefined
+  return { ticket: transport.bulk.offer(parts), parts }
+}
+
+/** Tensors described by a header: read from this stream, pulled over the bulk channel, or pushed into ours. */
+async function receiveTensors (lp: LengthPrefixedStream, header: { tensors: TensorDesc[], bulk?: BulkTicket }, limits: WireLimits, what: string, transport: ShardTransport, signal: AbortSignal): Promise<Tensors> {
   if (header.bulk === undefined) return (await readTensorBytes(lp, header.tensors, limits, what)).tensors
   const t = header.bulk
   if (t.id.byteLength !== 16 || t.key.byteLength !== 16 || t.port === 0 || t.port > 65535) throw new ProtocolError(`${what}: malformed bulk ticket`, 'ERR_BULK')
-  if (remoteHost === undefined) throw new ProtocolError(`${what}: bulk ticket but no address to pull from`, 'ERR_BULK')
-  // Checked and allocated before a byte is pulled, like the in-stream path.
+  // Checked and allocated before a byte moves, like the in-stream path.
   const { tensors, targets, bytes } = allocateTensors(header.tensors, limits, what)
   if (bytes !== t.bytes) throw new ProtocolError(`${what}: bulk ticket announces ${t.bytes} bytes, the tensors need ${bytes}`, 'ERR_BULK')
-  await bulkFetch(remoteHost, t, targets, signal)
+  if (t.push === true) {
+    if (transport.bulk === undefined) throw new BulkError(`${what}: the peer pushes over the bulk channel, and this node has none`)
+    await transport.bulk.receive(t, targets, signal)
+    return tensors
+  }
+  if (transport.remoteHost === undefined) throw new ProtocolError(`${what}: bulk ticket but no address to pull from`, 'ERR_BULK')
+  await bulkFetch(transport.remoteHost, t, targets, signal)
   return tensors
 }
