@@ -88,6 +88,11 @@ export class ReachabilityService implements Startable {
     this.c.events.addEventListener('connection:close', this.onClose)
   }
 
+  /** libp2p closes connections after this: losing the relay then is no news. */
+  beforeStop (): void {
+    this.started = false
+  }
+
   stop (): void {
     this.started = false
     clearTimeout(this.relayTimer)
@@ -117,7 +122,7 @@ export class ReachabilityService implements Startable {
   }
 
   private readonly onClose = (evt: CustomEvent<Connection>): void => {
-    if (this.relayPeer === undefined || evt.detail.remotePeer.toString() !== this.relayPeer) return
+    if (!this.started || this.relayPeer === undefined || evt.detail.remotePeer.toString() !== this.relayPeer) return
     if (this.c.connectionManager.getConnections(evt.detail.remotePeer).length > 0) return
     this.log.warn({ relay: this.relayPeer }, 'lost the relay connection; looking for another')
     this.relayPeer = undefined

@@ -8,9 +8,10 @@ import { connect, resolveToken } from '../client/index.ts'
 import type { MeshClient } from '../client/index.ts'
 import { createLogger, LOG_LEVELS } from '../log.ts'
 import { SWARM_KEY_FILE, loadOrCreateSwarmKey, parsePeerId, readAllowFile, readSwarmKey, writeSwarmKey } from '../access/index.ts'
-import { MeshNode } from '../mesh-node.ts'
+import { DEFAULT_RELAY_RESERVATIONS, MeshNode } from '../mesh-node.ts'
 import { prepareDataDir } from '../keys.ts'
-import { runTestnet } from '../testnet/index.ts'
+import { LOSS_MODULUS, MAX_BANDWIDTH_BPS, MIN_BANDWIDTH_BPS, runTestnet } from '../testnet/index.ts'
+import type { TestnetInit } from '../testnet/index.ts'
 import { DEFAULT_MAX_STORAGE_BYTES, MIN_MAX_STORAGE_BYTES, formatBytes } from '../storage.ts'
 import type { MeshNodeInit } from '../options.ts'
 import type { FaultInjection } from '../jobs/job-manager.ts'
@@ -89,11 +90,17 @@ const commands: Command[] = [
   --no-bulk            send every tensor byte on libp2p streams, offering no bulk channel
                        (set it on every node of a mesh whose nodes cannot reach each
                        other's bulk port)
+  --relay-reservations N  peers behind NAT this node relays for at once (default ${DEFAULT_RELAY_RESERVATIONS};
+                       0: relay for nobody). A node behind NAT finds out by itself and takes a relay
+  --relay-data-limit BYTES  bytes per relayed connection, e.g. 1G (default 0: unlimited)
+  --relay-duration-limit S  seconds per relayed connection (default 0: unlimited)
+  --no-relay           neither relay for others nor take a relay when behind NAT
   --inject FAULT       testing only: slow=FACTOR (shards for peers take FACTOR times as long)
                        or wrong (partials for peers are off by one); repeatable`,
     options: {
       ...common, ...nodeOptions, inject: { type: 'string', multiple: true }, 'no-bulk': { type: 'boolean' }, 'max-storage': { type: 'string' }, listen: { type: 'string', multiple: true }, api: { type: 'string' }, bootstrap: { type: 'string', multiple: true }, mdns: { type: 'boolean' },
-      'swarm-key': { type: 'string' }, open: { type: 'boolean' }, allow: { type: 'string', multiple: true }, 'allow-file': { type: 'string' }, 'no-api-auth': { type: 'boolean' }
+      'swarm-key': { type: 'string' }, open: { type: 'boolean' }, allow: { type: 'string', multiple: true }, 'allow-file': { type: 'string' }, 'no-api-auth': { type: 'boolean' },
+      'relay-reservations': { type: 'string' }, 'relay-data-limit': { type: 'string' }, 'relay-duration-limit': { type: 'string' }, 'no-relay': { type: 'boolean' }
     },
     run: runStart
   },
@@ -126,13 +133,31 @@ Give every node of the mesh the same file: tensormesh start --swarm-key FILE.`,
   --advert-interval MS capacity advert period in ms (default 2000)
   --log-level LEVEL    the daemons' log level (default warn)
   --json               print one JSON line {nodes: [{peerId, api, pid, multiaddrs, token}]} once the mesh is formed
+                       (with --netns each entry adds netns, ip, nat; api is reachable from the host)
   --swarm-key FILE     the nodes' pre-shared key (default: a fresh one in the data folder)
   --inject I:FAULT     testing only: give node I a fault (slow=FACTOR or wrong); repeatable
+  --netns              Linux, as root: each node in a network namespace of its own, with a veth
+                       into a bridge the testnet makes; addresses from 198.18.0.0/15 (RFC 2544)
+                       only; the JSON entries gain netns, ip and nat
+  --nat I              with --netns: put node I behind a NAT router of its own (masquerade, no
+                       inbound connections); repeatable; at least one node must stay reachable
+  --bandwidth RATE     with --netns: shape each node's link both ways to RATE (tc tbf), e.g.
+                       500kbit, 100mbit, 1gbit (${formatRate(MIN_BANDWIDTH_BPS)} to ${formatRate(MAX_BANDWIDTH_BPS)})
+  --loss PCT           with --netns: drop PCT percent of packets both ways (0 < PCT < 100, e.g. 0.5)
+  --cpus               pin node i and its workers to CPU i mod the CPU count (taskset); each node
+                       then sees one core and runs one worker
 
-Stays in the foreground; SIGINT or SIGTERM stops every node. Kill or pause
-single nodes by their pid (kill -9, kill -STOP) to watch the mesh cope.`,
-    options: { ...common, ...nodeOptions, nodes: { type: 'string' }, inject: { type: 'string', multiple: true }, 'swarm-key': { type: 'string' } },
-    run: async (values) => await runTestnet({
+Stays in the foreground; SIGINT or SIGTERM stops every node (and with --netns
+removes every namespace, link and nft table it made, as it does if it is
+killed). Kill or pause single nodes by their pid (kill -9, kill -STOP) to
+watch the mesh cope. --netns emulates no latency (it uses no tc netem, which the
+kernels it was built on lack).`,
+    options: {
+      ...common, ...nodeOptions, nodes: { type: 'string' }, inject: { type: 'string', multiple: true }, 'swarm-key': { type: 'string' },
+      netns: { type: 'boolean' }, nat: { type: 'string', multiple: true }, bandwidth: { type: 'string' }, loss: { type: 'string' }, cpus: { type: 'boolean' }
+    },
+    run: async (values) => await runTestnetCommand({
+      ...testnetNetworkOptions(values),
       swarmKey: await optionalSwarmKey(values),
       nodes: parseIntFlag(values.nodes, '--nodes', 1, 64, true),
       dataDir: str(values['data-dir']),
@@ -274,6 +299,60 @@ function parseTestnetFaults (list: string[] | undefined, nodes: Values[string]):
   return out
 }
 
+/** `500kbit`, `100mbit`, `1.5gbit` (tc's units: powers of 1000, bits): bit/s. */
+export function parseRateFlag (v: Values[string], flag: string): number {
+  const m = typeof v === 'string' ? /^(\d+(?:\.\d+)?)(kbit|mbit|gbit)$/i.exec(v.trim()) : null
+  const scale: Record<string, number> = { kbit: 1e3, mbit: 1e6, gbit: 1e9 }
+  const bps = m === null ? NaN : Math.round(Number(m[1]) * (scale[(m[2] ?? '').toLowerCase()] ?? NaN))
+  if (m === null) throw new UsageError(`${flag} must be a rate with a unit kbit, mbit or gbit (e.g. 100mbit, 1gbit), got "${String(v)}"`)
+  if (!(bps >= MIN_BANDWIDTH_BPS && bps <= MAX_BANDWIDTH_BPS)) throw new UsageError(`${flag} must be from ${formatRate(MIN_BANDWIDTH_BPS)} to ${formatRate(MAX_BANDWIDTH_BPS)}, got "${String(v)}"`)
+  return bps
+}
+
+function formatRate (bps: number): string {
+  for (const [unit, scale] of [['gbit', 1e9], ['mbit', 1e6], ['kbit', 1e3]] as const) if (bps >= scale) return `${bps / scale}${unit}`
+  return `${bps}bit`
+}
+
+/** --netns, --nat, --bandwidth, --loss, --cpus into the testnet's options; the network flags need --netns. */
+function testnetNetworkOptions (values: Values): Pick<TestnetInit, 'netns' | 'cpus'> {
+  const nodes = parseIntFlag(values.nodes, '--nodes', 1, 64, true)
+  const natFlags = (values.nat as string[] | undefined) ?? []
+  if (values.netns !== true) {
+    const without = [natFlags.length > 0 ? '--nat' : '', values.bandwidth !== undefined ? '--bandwidth' : '', values.loss !== undefined ? '--loss' : ''].filter(Boolean)
+    if (without.length > 0) throw new UsageError(`${without.join(' and ')} need${without.length === 1 ? 's' : ''} --netns (a network of namespaces to NAT, shape or drop packets in)`)
+    return { cpus: values.cpus === true }
+  }
+  const nat = new Set<number>()
+  for (const item of natFlags) {
+    const index = /^\d+$/.test(item) ? Number(item) : NaN
+    if (!(index >= 0 && index < nodes)) throw new UsageError(`--nat ${item}: there is no node ${item}; node indices are 0 to ${nodes - 1}`)
+    nat.add(index)
+  }
+  if (nat.size === nodes) throw new UsageError(`--nat puts all ${nodes} nodes behind NAT; at least one must be reachable for the others to bootstrap to`)
+  let lossPct: number | undefined
+  if (values.loss !== undefined) {
+    const v = values.loss
+    lossPct = typeof v === 'string' && /^\d+(?:\.\d+)?$/.test(v.trim()) ? Number(v) : NaN
+    if (!(lossPct > 0 && lossPct < 100)) throw new UsageError(`--loss must be a percentage above 0 and below 100 (e.g. 1 or 0.5), got "${String(v)}"`)
+    if (Math.round(lossPct / 100 * LOSS_MODULUS) < 1) throw new UsageError(`--loss ${String(v)} is below the resolution of ${100 / LOSS_MODULUS} %`)
+  }
+  return {
+    netns: { nat: [...nat].sort((a, b) => a - b), bandwidthBps: values.bandwidth === undefined ? undefined : parseRateFlag(values.bandwidth, '--bandwidth'), lossPct },
+    cpus: values.cpus === true
+  }
+}
+
+/** A testnet whose --netns or --cpus cannot work here (not root, a tool missing) is the caller's setup, as a bad flag is: exit 2. */
+async function runTestnetCommand (init: TestnetInit): Promise<number | undefined> {
+  try {
+    return await runTestnet(init)
+  } catch (err) {
+    if (err instanceof TensormeshError && err.code === 'ERR_NETNS_PREREQUISITE') throw new UsageError(err.message)
+    throw err
+  }
+}
+
 function parseHostPort (v: string): { host: string, port: number } {
   const m = /^(.*):(\d+)$/.exec(v)
   const port = m === null ? NaN : Number(m[2])
@@ -354,10 +433,25 @@ export async function nodeInit (values: Values): Promise<{ init: MeshNodeInit, n
     advertIntervalMs: values['advert-interval'] === undefined ? undefined : parseIntFlag(values['advert-interval'], '--advert-interval', 50, 600_000),
     faults: parseFaults(values.inject as string[] | undefined),
     bulk: values['no-bulk'] !== true,
+    relay: relayOptions(values),
     maxStorageBytes,
     logger: createLogger(logLevel)
   }
   return { init, notices }
+}
+
+/** The relay flags, checked; --no-relay with any other relay flag is a contradiction. */
+function relayOptions (values: Values): MeshNodeInit['relay'] {
+  const given = ['relay-reservations', 'relay-data-limit', 'relay-duration-limit'].filter(f => values[f] !== undefined)
+  if (values['no-relay'] === true) {
+    if (given.length > 0) throw new UsageError(`--no-relay contradicts --${given[0] ?? ''}`)
+    return false
+  }
+  return {
+    reservations: values['relay-reservations'] === undefined ? undefined : parseIntFlag(values['relay-reservations'], '--relay-reservations', 0, 4096),
+    dataLimitBytes: values['relay-data-limit'] === undefined || values['relay-data-limit'] === '0' ? undefined : parseBytesFlag(values['relay-data-limit'], '--relay-data-limit', 64 * 1024),
+    durationLimitMs: values['relay-duration-limit'] === undefined ? undefined : parseIntFlag(values['relay-duration-limit'], '--relay-duration-limit', 0, 7 * 24 * 3600) * 1000
+  }
 }
 
 async function runStart (values: Values): Promise<number | undefined> {
