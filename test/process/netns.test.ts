@@ -16,6 +16,8 @@ const INTERVAL_MS = 500
 
 interface Member { peerId: string, api: string, pid: number, multiaddrs: string[], token: string, netns: string, ip: string, nat: boolean }
 interface NetnsLine { nodes: Member[], subnet: string }
+interface NodeView { reachability: string, relay: { peer: string, addrs: string[] } | null, bulk: { bytesPushed: number } | null }
+interface JobRecord { shards: Array<{ peer: string, via?: string, bytesIn: number }> }
 
 const IP = findExecutable('ip')
 const NFT = findExecutable('nft')
@@ -191,7 +193,21 @@ describe.skipIf(SKIP)(`testnet --nodes 3 --netns --nat 2${SKIPPED}`, () => {
   let before: ReturnType<typeof hostState>
   let pid: number
 
+  let jobs: string
+
   beforeAll(async () => {
+    // A transfer-heavy map whose shards cross the bulk channel (over 4 MiB each way), and a matmul.
+    jobs = numpy(`
+rng = np.random.default_rng(31)
+x = (np.arange(4096 * 2048) % 1000 - 500).astype(np.float32).reshape(4096, 2048)
+np.save(f'{out}/x.npy', x); np.save(f'{out}/x2.npy', x * 2)
+a = rng.standard_normal((600, 256)).astype(np.float32)
+b = rng.standard_normal((256, 64)).astype(np.float32)
+np.save(f'{out}/a.npy', a); np.save(f'{out}/b.npy', b)
+np.save(f'{out}/ab.npy', (a.astype(np.float64) @ b.astype(np.float64)).astype(np.float32))
+json.dump({'op': 'map', 'inputs': {'x': 'x.npy'}, 'params': {'ops': [{'op': 'mul', 'value': 2}]}, 'schedule': {'shardsPerPeer': 1, 'backups': False}}, open(f'{out}/map.json', 'w'))
+json.dump({'op': 'matmul', 'inputs': {'a': 'a.npy', 'b': 'b.npy'}, 'schedule': {'backups': False}}, open(f'{out}/matmul.json', 'w'))
+`)
     before = hostState()
     const started = await startCli(['testnet', '--nodes', '3', '--netns', '--nat', '2', '--json', '--workers', '1', '--advert-interval', String(INTERVAL_MS)])
     testnet = started.child
@@ -273,6 +289,54 @@ describe.skipIf(SKIP)(`testnet --nodes 3 --netns --nat 2${SKIPPED}`, () => {
     }
     expect(await connectFrom(natted.netns, n0.ip, n0Port)).toBe('connected')
   })
+
+  // The jobs below run on this testnet in this order. The map job goes first: it is transfer-bound,
+  // and once the coordinator has measured its links the split rightly keeps most of it at home.
+  it('the NATed node knows it is private and holds a relay; the reachable ones are public', async () => {
+    const info = async (n: Member): Promise<NodeView> => await (await fetch(`${n.api}/v1/node`, { headers: authHeaders() })).json() as NodeView
+    await pollUntil(async () => (await info(net.nodes[2] as Member)).relay !== null, 30_000, 'the NATed node took no relay')
+    const natted = await info(net.nodes[2] as Member)
+    expect(natted.reachability).toBe('private')
+    expect(natted.relay?.addrs.some(a => a.includes('/p2p-circuit'))).toBe(true)
+    await pollUntil(async () => (await Promise.all(net.nodes.slice(0, 2).map(info))).every(i => i.reachability === 'public'), 30_000, 'the reachable nodes never learned they are public')
+  })
+
+  it('a job from a reachable node runs on all three, the NATed node included, whose 4 MiB+ partial it pushes over a connection it dialed', async () => {
+    const api = net.nodes[0]?.api ?? ''
+    const natted = net.nodes[2] as Member
+    const pushedBefore = (await (await fetch(`${natted.api}/v1/node`, { headers: authHeaders() })).json() as NodeView).bulk?.bytesPushed ?? 0
+    const res = await runCli(['submit', '--api', api, join(jobs, 'map.json'), '--out', join(jobs, 'map-out.npy'), '--json'])
+    expect(res.stderr).toBe('')
+    expect(res.code).toBe(0)
+    const job = JSON.parse(res.stdout) as { id: string, state: string }
+    expect(job.state).toBe('succeeded')
+    // x * 2 is exact in float32: every element equals numpy's.
+    const got = await readNpyFile(join(jobs, 'map-out.npy'))
+    const want = await load(jobs, 'x2')
+    let wrong = 0
+    for (let i = 0; i < want.data.length; i++) if (got.data[i] !== want.data[i]) wrong++
+    expect(wrong).toBe(0)
+    const record = await (await fetch(`${api}/v1/jobs/${job.id}`, { headers: authHeaders() })).json() as JobRecord
+    expect(new Set(record.shards.map(s => s.peer))).toEqual(new Set(net.nodes.map(n => n.peerId)))
+    const mine = record.shards.filter(s => s.peer === natted.peerId)
+    for (const s of mine) expect(s.via).toBe('direct')
+    const pushed = (await (await fetch(`${natted.api}/v1/node`, { headers: authHeaders() })).json() as NodeView).bulk?.bytesPushed ?? 0
+    expect(pushed - pushedBefore).toBe(mine.reduce((n, s) => n + s.bytesIn, 0))
+  })
+
+  for (const [at, label] of [[0, 'a reachable node'], [2, 'the NATed node']] as const) {
+    it(`a matmul submitted to ${label} runs shards on all three and equals numpy`, async () => {
+      const api = net.nodes[at]?.api ?? ''
+      const out = join(jobs, `mm-${at}.npy`)
+      const res = await runCli(['submit', '--api', api, join(jobs, 'matmul.json'), '--out', out, '--json'])
+      expect(res.stderr).toBe('')
+      expect(res.code).toBe(0)
+      const job = JSON.parse(res.stdout) as { id: string, state: string, shards: Array<{ peer: string }> }
+      expect(job.state).toBe('succeeded')
+      expect(new Set(job.shards.map(s => s.peer))).toEqual(new Set(net.nodes.map(n => n.peerId)))
+      expect(relError((await readNpyFile(out)).data, (await load(jobs, 'ab')).data)).toBeLessThan(1e-4)
+    })
+  }
 
   it('SIGTERM removes every namespace, link and nft table it made', async () => {
     testnet.kill('SIGTERM')
