@@ -34,7 +34,7 @@ import type { CircuitRelayService } from '@libp2p/circuit-relay-v2'
 import type { Tensors } from '../compute/operators/types.ts'
 import { ApiServer } from './api/server.ts'
 import { loadOrCreateKey, prepareDataDir } from './keys.ts'
-import { AccessGate, loadOrCreateApiToken } from './access/index.ts'
+import { AccessGate, installPnetCipherFix, loadOrCreateApiToken } from './access/index.ts'
 import type { RefusalReason } from './access/index.ts'
 import { NodeMetrics } from './metrics.ts'
 import { PeerLimits } from './access/peer-limits.ts'
@@ -206,6 +206,8 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
       this.storage = new StorageBudget({ dataDir: this.init.dataDir, maxBytes: this.init.maxStorageBytes, live: JOURNAL_FILES, log: this.log })
       await this.storage.start()
       await this.pool.start()
+      // Before the first protected connection: pnet's cipher otherwise dies on a large message (pnet-cipher.ts).
+      if (this.init.swarmKey !== undefined) installPnetCipherFix()
       const relay = this.init.relay ?? {}
       const relayReservations = relay === false ? 0 : relay.reservations ?? DEFAULT_RELAY_RESERVATIONS
       const relayLimited = relay !== false && ((relay.dataLimitBytes ?? 0) > 0 || (relay.durationLimitMs ?? 0) > 0)
