@@ -10,7 +10,7 @@ import type { ChildProcess } from 'node:child_process'
 
 export const BIN = fileURLToPath(new URL('../../bin/tensormesh.js', import.meta.url))
 
-export interface Member { peerId: string, api: string, pid: number, multiaddrs: string[], token: string | null }
+export interface Member { peerId: string, api: string, pid: number, multiaddrs: string[], token: string | null, netns?: string, ip?: string, nat?: boolean }
 
 export function median (xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b)

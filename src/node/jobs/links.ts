@@ -54,10 +54,15 @@ export class LinkMeter {
 }
 
 /**
- * A peer's units per second for the split once its link is counted: time
- * per unit is compute (1 / rate) plus the unit's bytes over the link.
+ * A peer's units per second for the split once its link is counted. A peer
+ * holds one shard more than it has slots (one moving while the others
+ * compute), so transfer overlaps compute: time per unit is the larger of
+ * compute (1 / rate) and the unit's bytes over the link. A link faster than
+ * the peer computes costs nothing; a slower one sets the pace. (The sum, as
+ * first written, gave a peer on a fast veth 40% of a 2-node matmul instead
+ * of half: 1.35x instead of 1.7x.)
  */
 export function linkAdjustedRate (unitsPerSecond: number, bytesPerUnit: number, linkBytesPerSecond: number | undefined): number {
   if (!(unitsPerSecond > 0) || linkBytesPerSecond === undefined || !(linkBytesPerSecond > 0) || !(bytesPerUnit > 0)) return unitsPerSecond
-  return 1 / (1 / unitsPerSecond + bytesPerUnit / linkBytesPerSecond)
+  return 1 / Math.max(1 / unitsPerSecond, bytesPerUnit / linkBytesPerSecond)
 }
