@@ -42,7 +42,9 @@ export const bulkTicketArb: fc.Arbitrary<BulkTicket> = fc.record({
   port: uint32,
   id: fc.uint8Array({ maxLength: 16 }),
   key: fc.uint8Array({ maxLength: 16 }),
-  bytes: uint64
+  bytes: uint64,
+  // A bool decodes to false when absent, so a round trip always has it.
+  push: fc.boolean()
 })
 
 export const shardHeaderArb: fc.Arbitrary<ShardHeader> = fc.record({
