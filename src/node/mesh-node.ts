@@ -205,7 +205,10 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
       const privateKey = await loadOrCreateKey(this.init.dataDir)
       this.storage = new StorageBudget({ dataDir: this.init.dataDir, maxBytes: this.init.maxStorageBytes, live: JOURNAL_FILES, log: this.log })
       await this.storage.start()
-      await this.pool.start()
+      // Workers load their backend and calibrate while libp2p starts: a node is usable about one
+      // advert interval after start, not after the two one after the other.
+      const poolReady = this.pool.start()
+      poolReady.catch(() => {})
       // Before the first protected connection: pnet's cipher otherwise dies on a large message (pnet-cipher.ts).
       if (this.init.swarmKey !== undefined) installPnetCipherFix()
       const relay = this.init.relay ?? {}
@@ -264,6 +267,8 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
         this.learnAddrs(evt.detail.capacity.peerId, evt.detail.capacity.addrs)
       })
       this.directory.start()
+      // Adverts carry the calibrated GFLOPS, and jobs need workers: both wait for the pool.
+      await poolReady
       this.peerLimits.attach(this.libp2p, this.directory)
       this.metrics.start()
       this.capacity = new CapacityService(

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { ApiClient } from '../../src/node/client/api-client.ts'
-import { startMesh, stopAll, TEST_ADVERT_INTERVAL_MS } from '../helpers/mesh.ts'
+import { startMesh, startNode, stopAll, waitForPeers, TEST_ADVERT_INTERVAL_MS } from '../helpers/mesh.ts'
 import type { MeshNode } from '../../src/node/mesh-node.ts'
 
 describe('mesh of three nodes in one process', () => {
@@ -55,5 +55,34 @@ describe('mesh of three nodes in one process', () => {
     expect(reasons).toEqual(['expired', 'expired'])
     expect(a.directory.has(gone)).toBe(false)
     expect(b.directory.has(gone)).toBe(false)
+  })
+})
+
+/** GossipsubHistoryGossip (3), plus one for the heartbeat in progress. */
+const GOSSIP_WINDOW_HEARTBEATS = 4
+
+describe('a newcomer', () => {
+  let nodes: MeshNode[] = []
+  afterAll(async () => { await stopAll(nodes) })
+
+  it('and the mesh know each other as soon as it subscribes, not an advert interval later', async () => {
+    // Adverts every 10 minutes: only the advert a subscription triggers can fill the directories within the wait.
+    const slow = 10 * 60_000
+    const first = await startNode({ advertIntervalMs: slow })
+    nodes = [first]
+    const second = await startNode({ advertIntervalMs: slow, bootstrap: first.multiaddrs() })
+    nodes.push(second)
+    await Promise.all([waitForPeers(first, 1, 30_000), waitForPeers(second, 1, 30_000)])
+    // Gossipsub offers messages of its last 3 heartbeats to new peers (IHAVE), and the two have
+    // re-advertised once they learned they are reachable: wait until all that has left the window.
+    await new Promise<void>(resolve => {
+      let beats = 0
+      const onBeat = (): void => { if (++beats > GOSSIP_WINDOW_HEARTBEATS) { first.libp2p.services.pubsub.removeEventListener('gossipsub:heartbeat', onBeat); resolve() } }
+      first.libp2p.services.pubsub.addEventListener('gossipsub:heartbeat', onBeat)
+    })
+    const third = await startNode({ advertIntervalMs: slow, bootstrap: first.multiaddrs() })
+    nodes.push(third)
+    await Promise.all(nodes.map(async n => { await waitForPeers(n, 2, 30_000) }))
+    for (const n of nodes) for (const m of nodes) if (n !== m) expect(n.directory.get(m.peerId.toString())).toBeDefined()
   })
 })

@@ -114,9 +114,20 @@ export class CapacityService implements Startable {
     const { pubsub } = this.components
     pubsub.topicValidators.set(CAPACITY_TOPIC, (from, msg) => this.validate(from, msg))
     pubsub.subscribe(CAPACITY_TOPIC)
+    pubsub.addEventListener('subscription-change', this.onSubscription)
     this.running = true
     this.timer = setInterval(() => { this.publish() }, this.intervalMs)
     this.publish()
+  }
+
+  /**
+   * A peer that just subscribed to the topic has seen none of our adverts:
+   * the one published at start reached nobody, and the next is up to an
+   * interval away. Advertise now (coalesced like any change), so a newcomer
+   * and the mesh know each other within a round trip of its subscription.
+   */
+  private readonly onSubscription = (evt: CustomEvent<{ subscriptions: Array<{ topic: string, subscribe: boolean }> }>): void => {
+    if (evt.detail.subscriptions.some(s => s.topic === CAPACITY_TOPIC && s.subscribe)) this.changed()
   }
 
   stop (): void {
@@ -124,6 +135,7 @@ export class CapacityService implements Startable {
     clearInterval(this.timer)
     clearTimeout(this.changeTimer)
     const { pubsub } = this.components
+    pubsub.removeEventListener('subscription-change', this.onSubscription)
     pubsub.topicValidators.delete(CAPACITY_TOPIC)
     pubsub.unsubscribe(CAPACITY_TOPIC)
   }
