@@ -24,6 +24,7 @@
  */
 import { createCipheriv, createDecipheriv, createHmac, randomBytes, timingSafeEqual } from 'node:crypto'
 import { connect, createServer } from 'node:net'
+import { pipe } from 'it-pipe'
 import { ProtocolError, TensormeshError } from '../../errors.ts'
 import { messageCodec } from '../codec.ts'
 import type { DecipherGCM } from 'node:crypto'
@@ -345,34 +346,159 @@ export class BulkServer {
   }
 }
 
+/*
+ * A transfer is a pipeline (it-pipe): the sender cuts its parts into pieces,
+ * seals each into a frame and writes the frames to the socket; the receiver
+ * reads the socket's chunks, opens frames and copies the plaintext straight
+ * into the tensors' buffers. Each stage is an async iterable transform, so
+ * socket backpressure (write -> drain) and the end of a transfer flow
+ * through the chain without buffering more than a frame.
+ */
+
+/** The parts cut into pieces of at most BULK_FRAME_BYTES; nothing is still one (empty, final) piece. */
+function* framePieces (parts: Uint8Array[]): Generator<Uint8Array> {
+  let any = false
+  for (const part of parts) {
+    for (let off = 0; off < part.byteLength; off += BULK_FRAME_BYTES) {
+      any = true
+      yield part.subarray(off, Math.min(off + BULK_FRAME_BYTES, part.byteLength))
+    }
+  }
+  // An empty transfer is one empty, final frame, so the receiver can tell it from a cut.
+  if (!any) yield new Uint8Array(0)
+}
+
+/** Seals each piece as header, ciphertext, tag under a counter nonce; the last piece's frame is flagged final. */
+function sealFrames (key: Uint8Array, onBytes: (n: number) => void): (pieces: Iterable<Uint8Array>) => AsyncGenerator<Uint8Array> {
+  return async function * (pieces) {
+    const it = pieces[Symbol.iterator]()
+    let next = it.next()
+    for (let i = 0; !next.done; i++) {
+      const piece = next.value
+      next = it.next()
+      const cipher = createCipheriv('aes-128-gcm', key, nonce(i), { authTagLength: TAG_BYTES })
+      cipher.setAAD(Uint8Array.of(next.done === true ? 1 : 0))
+      const header = Buffer.alloc(HEADER_BYTES)
+      header.writeUInt32LE(piece.byteLength)
+      yield header
+      yield cipher.update(piece)
+      cipher.final()
+      yield cipher.getAuthTag()
+      onBytes(piece.byteLength)
+    }
+  }
+}
+
+/** The sink that writes to a socket, waiting for 'drain' when its buffer is full. */
+function toSocket (socket: Socket): (source: AsyncIterable<Uint8Array>) => Promise<void> {
+  return async (source) => {
+    for await (const buf of source) {
+      if (socket.write(buf)) continue
+      await new Promise<void>((resolve, reject) => {
+        const onDrain = (): void => { socket.off('close', onClose); resolve() }
+        const onClose = (): void => { socket.off('drain', onDrain); reject(new BulkError('the other side closed the bulk connection')) }
+        socket.once('drain', onDrain)
+        socket.once('close', onClose)
+      })
+    }
+  }
+}
+
 /** Writes parts as sealed frames of at most BULK_FRAME_BYTES, the last one flagged final. */
 async function writeSealed (socket: Socket, key: Uint8Array, parts: Uint8Array[], onBytes: (n: number) => void): Promise<void> {
-  const write = async (buf: Uint8Array): Promise<void> => {
-    if (socket.write(buf)) return
-    await new Promise<void>((resolve, reject) => {
-      const onDrain = (): void => { socket.off('close', onClose); resolve() }
-      const onClose = (): void => { socket.off('drain', onDrain); reject(new BulkError('the other side closed the bulk connection')) }
-      socket.once('drain', onDrain)
-      socket.once('close', onClose)
-    })
+  await pipe(framePieces(parts), sealFrames(key, onBytes), toSocket(socket))
+}
+
+/** `first` (bytes that came with the hello), then the socket's chunks. */
+async function * withFirst (first: Buffer, socket: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+  if (first.byteLength > 0) yield first
+  yield * socket
+}
+
+/**
+ * Opens sealed frames from a stream of chunks cut anywhere: yields each
+ * frame's plaintext as it deciphers, and ends after the final frame. Throws
+ * on a frame that fails authentication, one larger than allowed or than
+ * announced, an empty frame before the end, bytes after the final frame, or
+ * a stream that ends first.
+ */
+function openFrames (ticket: BulkTicket): (source: AsyncIterable<Buffer>) => AsyncGenerator<Buffer> {
+  return async function * (source) {
+    const total = ticket.bytes
+    let received = 0
+    let counter = 0
+    let final = false
+    let header = Buffer.alloc(0)
+    let frameLeft = -1
+    let tag = Buffer.alloc(0)
+    let decipher: DecipherGCM | undefined
+    for await (const raw of source) {
+      let chunk = raw
+      while (chunk.byteLength > 0) {
+        if (final) throw new ProtocolError('bulk sender sent bytes after the final frame', 'ERR_BULK')
+        if (frameLeft < 0) {
+          const need = HEADER_BYTES - header.byteLength
+          header = Buffer.concat([header, chunk.subarray(0, need)])
+          chunk = chunk.subarray(need)
+          if (header.byteLength < HEADER_BYTES) break
+          frameLeft = header.readUInt32LE(0)
+          header = Buffer.alloc(0)
+          if (frameLeft > BULK_FRAME_BYTES || received + frameLeft > total) throw new ProtocolError('bulk frame larger than allowed or than announced', 'ERR_BULK')
+          // Only an empty transfer has an empty frame (its one, final frame). Empty
+          // frames before the end carry nothing but reset the idle timer, so a
+          // sender could hold this transfer open forever with 20-byte frames.
+          if (frameLeft === 0 && received < total) throw new ProtocolError('bulk sender sent an empty frame before the end', 'ERR_BULK')
+          decipher = createDecipheriv('aes-128-gcm', ticket.key, nonce(counter++), { authTagLength: TAG_BYTES })
+          decipher.setAAD(Uint8Array.of(received + frameLeft === total ? 1 : 0))
+          tag = Buffer.alloc(0)
+        }
+        if (frameLeft > 0) {
+          const n = Math.min(frameLeft, chunk.byteLength)
+          const plain = decipher?.update(chunk.subarray(0, n))
+          if (plain !== undefined && plain.byteLength > 0) yield plain
+          frameLeft -= n
+          received += n
+          chunk = chunk.subarray(n)
+          continue
+        }
+        const need = TAG_BYTES - tag.byteLength
+        tag = Buffer.concat([tag, chunk.subarray(0, need)])
+        chunk = chunk.subarray(need)
+        if (tag.byteLength < TAG_BYTES) break
+        try {
+          decipher?.setAuthTag(tag)
+          decipher?.final()
+        } catch {
+          throw new ProtocolError('bulk frame failed authentication', 'ERR_BULK_AUTH')
+        }
+        frameLeft = -1
+        if (received === total) final = true
+      }
+      // A pusher ends its side after the final frame; the puller need not wait for that.
+      if (final) return
+    }
+    throw new ProtocolError(`bulk transfer ended after ${received} of ${total} bytes`, 'ERR_BULK')
   }
-  const pieces: Uint8Array[] = []
-  for (const part of parts) {
-    for (let off = 0; off < part.byteLength; off += BULK_FRAME_BYTES) pieces.push(part.subarray(off, Math.min(off + BULK_FRAME_BYTES, part.byteLength)))
-  }
-  // Nothing to send is still one (empty, final) frame, so the receiver can tell it from a cut.
-  if (pieces.length === 0) pieces.push(new Uint8Array(0))
-  for (let i = 0; i < pieces.length; i++) {
-    const piece = pieces[i] as Uint8Array
-    const cipher = createCipheriv('aes-128-gcm', key, nonce(i), { authTagLength: TAG_BYTES })
-    cipher.setAAD(Uint8Array.of(i === pieces.length - 1 ? 1 : 0))
-    const header = Buffer.alloc(HEADER_BYTES)
-    header.writeUInt32LE(piece.byteLength)
-    await write(header)
-    await write(cipher.update(piece))
-    cipher.final()
-    await write(cipher.getAuthTag())
-    onBytes(piece.byteLength)
+}
+
+/** The sink that copies plaintext, in order, into `targets` (a native memcpy per piece). */
+function intoTargets (targets: Uint8Array[]): (source: AsyncIterable<Buffer>) => Promise<void> {
+  return async (source) => {
+    let ti = 0
+    let toff = 0
+    for await (const plain of source) {
+      let p = 0
+      while (p < plain.byteLength) {
+        const target = targets[ti]
+        if (target === undefined) throw new ProtocolError('bulk sender sent more bytes than announced', 'ERR_BULK')
+        const n = Math.min(plain.byteLength - p, target.byteLength - toff)
+        // Buffer#copy is a native memcpy; TypedArray#set from a Buffer view was a third of the profile.
+        plain.copy(target, toff, p, p + n)
+        p += n
+        toff += n
+        if (toff === target.byteLength) { ti++; toff = 0 }
+      }
+    }
   }
 }
 
@@ -382,81 +508,7 @@ async function writeSealed (socket: Socket, key: Uint8Array, parts: Uint8Array[]
  * unless every frame authenticates and the last is final.
  */
 async function readSealed (socket: Socket, ticket: BulkTicket, targets: Uint8Array[], first: Buffer = Buffer.alloc(0)): Promise<void> {
-  const total = ticket.bytes
-  let ti = 0
-  let toff = 0
-  let received = 0
-  let counter = 0
-  let final = false
-  // Frame parser state.
-  let header = Buffer.alloc(0)
-  let frameLeft = -1
-  let tag = Buffer.alloc(0)
-  let decipher: DecipherGCM | undefined
-  const place = (plain: Buffer): void => {
-    let p = 0
-    while (p < plain.byteLength) {
-      const target = targets[ti]
-      if (target === undefined) throw new ProtocolError('bulk sender sent more bytes than announced', 'ERR_BULK')
-      const n = Math.min(plain.byteLength - p, target.byteLength - toff)
-      // Buffer#copy is a native memcpy; TypedArray#set from a Buffer view was a third of the profile.
-      plain.copy(target, toff, p, p + n)
-      p += n
-      toff += n
-      if (toff === target.byteLength) { ti++; toff = 0 }
-    }
-  }
-  const consume = (raw: Buffer): void => {
-    let chunk = raw
-    while (chunk.byteLength > 0) {
-      if (final) throw new ProtocolError('bulk sender sent bytes after the final frame', 'ERR_BULK')
-      if (frameLeft < 0) {
-        const need = HEADER_BYTES - header.byteLength
-        header = Buffer.concat([header, chunk.subarray(0, need)])
-        chunk = chunk.subarray(need)
-        if (header.byteLength < HEADER_BYTES) break
-        frameLeft = header.readUInt32LE(0)
-        header = Buffer.alloc(0)
-        if (frameLeft > BULK_FRAME_BYTES || received + frameLeft > total) throw new ProtocolError('bulk frame larger than allowed or than announced', 'ERR_BULK')
-        // Only an empty transfer has an empty frame (its one, final frame). Empty
-        // frames before the end carry nothing but reset the idle timer, so a
-        // sender could hold this transfer open forever with 20-byte frames.
-        if (frameLeft === 0 && received < total) throw new ProtocolError('bulk sender sent an empty frame before the end', 'ERR_BULK')
-        decipher = createDecipheriv('aes-128-gcm', ticket.key, nonce(counter++), { authTagLength: TAG_BYTES })
-        decipher.setAAD(Uint8Array.of(received + frameLeft === total ? 1 : 0))
-        tag = Buffer.alloc(0)
-      }
-      if (frameLeft > 0) {
-        const n = Math.min(frameLeft, chunk.byteLength)
-        place(decipher?.update(chunk.subarray(0, n)) ?? Buffer.alloc(0))
-        frameLeft -= n
-        received += n
-        chunk = chunk.subarray(n)
-        continue
-      }
-      const need = TAG_BYTES - tag.byteLength
-      tag = Buffer.concat([tag, chunk.subarray(0, need)])
-      chunk = chunk.subarray(need)
-      if (tag.byteLength < TAG_BYTES) break
-      try {
-        decipher?.setAuthTag(tag)
-        decipher?.final()
-      } catch {
-        throw new ProtocolError('bulk frame failed authentication', 'ERR_BULK_AUTH')
-      }
-      frameLeft = -1
-      if (received === total) final = true
-    }
-  }
-  consume(first)
-  if (!final) {
-    for await (const raw of socket as AsyncIterable<Buffer>) {
-      consume(raw)
-      // A pusher ends its side after the final frame; the puller need not wait for that.
-      if (final) break
-    }
-  }
-  if (!final) throw new ProtocolError(`bulk transfer ended after ${received} of ${total} bytes`, 'ERR_BULK')
+  await pipe(withFirst(first, socket as AsyncIterable<Buffer>), openFrames(ticket), intoTargets(targets))
 }
 
 async function connectTo (host: string, port: number, signal: AbortSignal | undefined): Promise<Socket> {
