@@ -16,7 +16,7 @@ function fake (loads: Partial<Record<BackendName, boolean>>): BackendCandidate[]
 describe('backend selection', () => {
   it('has one candidate per name, in preference order', () => {
     expect(BACKEND_CANDIDATES.map(c => c.name)).toEqual([...BACKEND_NAMES])
-    expect(BACKEND_NAMES).toEqual(['tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'])
+    expect(BACKEND_NAMES).toEqual(['tensorflow-gpu', 'webgpu', 'tensorflow', 'wasm', 'cpu'])
   })
 
   it('auto picks the first candidate that loads', async () => {

@@ -75,7 +75,7 @@ const commands: Command[] = [
   --max-storage BYTES  most the data directory may hold, e.g. 512M, 10G (K, M, G, T are powers
                        of 1024; default ${formatBytes(DEFAULT_MAX_STORAGE_BYTES).replace('.0 ', ' ')}): blobs no job names are evicted, least
                        recently used first; past that, new jobs and uploads get ERR_STORAGE_FULL
-  --backend NAME       compute backend: auto, tensorflow-gpu, tensorflow, wasm, cpu (default auto)
+  --backend NAME       compute backend: auto, tensorflow-gpu, webgpu, tensorflow, wasm, cpu (default auto)
   --workers N          executor worker threads (default: one per core)
   --advert-interval MS capacity advert period in ms (default 2000)
   --log-level LEVEL    fatal, error, warn, info, debug, trace (default info)
