@@ -291,6 +291,9 @@ start_node () {
   local b=$1 dd ready api token_file rc=0
   if (( $(left) <= 10 )); then headline "node --backend $b: not started: out of time"; return 0; fi
   dd=$(mktemp -d "$WORK/node-$b.XXXXXX")
+  # Made here: the background job's redirections may open them after the first look below.
+  : > "$OUT/node-$b.stdout"
+  : > "$OUT/node-$b.stderr"
   # Its own timeout as well, so it cannot outlive this script.
   timeout --kill-after=5 "$(cap 120)" "$NODE" bin/tensormesh.js start --json --backend "$b" --data-dir "$dd" \
     --api 127.0.0.1:0 --listen /ip4/127.0.0.1/tcp/0 --log-level warn > "$OUT/node-$b.stdout" 2> "$OUT/node-$b.stderr" &

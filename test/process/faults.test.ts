@@ -58,10 +58,13 @@ describe('workers that die or freeze mid-job', () => {
   let nodes: Member[]
 
   beforeAll(async () => {
-    // Nodes 2-4 are slowed 100x (a shard then takes about half a second) so
-    // that their shards are still running whenever the test strikes.
+    // Nodes 2-4 are slowed so that their shards are still running whenever the test strikes:
+    // node 2 100x (about half a second a shard), the SIGKILL victims 3 and 4 1000x (about five
+    // seconds), since on a loaded machine the job record the test acts on can be a few hundred ms
+    // old, and a half-second copy may have finished (nothing to reassign) by the time the kill lands.
+    // Backup copies on the fast nodes finish their shards meanwhile.
     const started = await startCli(['testnet', '--nodes', '5', '--json', '--workers', '1', '--advert-interval', String(INTERVAL_MS),
-      '--inject', '2:slow=100', '--inject', '3:slow=100', '--inject', '4:slow=100'])
+      '--inject', '2:slow=100', '--inject', '3:slow=1000', '--inject', '4:slow=1000'])
     testnet = started.child
     nodes = (JSON.parse(started.line) as { nodes: Member[] }).nodes
     useToken({ nodes })
