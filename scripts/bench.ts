@@ -7,11 +7,12 @@
  *   npm run bench -- --only mesh,transfer
  */
 import { execFileSync, fork } from 'node:child_process'
-import { mkdir, mkdtemp, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises'
 import { connect } from 'node:net'
 import { availableParallelism, cpus, tmpdir, totalmem } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
+import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { Worker } from 'node:worker_threads'
 import { decodeNpy } from '../src/compute/npy.ts'
 import { ExecutorPool } from '../src/compute/pool.ts'
@@ -299,9 +300,26 @@ async function transferSection (): Promise<void> {
     while (node.directory.size < 1) await sleep(20)
     const x = randomTensor([bytes / 4 / 1024, 1024], 9)
     const rates: number[] = []
+    // Event-loop lag while the bytes move, on both ends: the daemon's from its own metric
+    // (prom-client's nodejs_eventloop_lag_p99_seconds, whose histogram resets at each scrape),
+    // ours from the same kind of monitor. A blocked loop misses gossip heartbeats.
+    const ready = JSON.parse(daemon.line) as { api: string, tokenFile: string | null }
+    const metrics = new ApiClient(ready.api, ready.tokenFile !== null ? (await readFile(ready.tokenFile, 'utf8')).trim() : undefined)
+    const daemonP99 = async (): Promise<number> => {
+      const text = await (await metrics.request('GET', '/metrics')).text()
+      return Number(/^nodejs_eventloop_lag_p99_seconds (\S+)$/m.exec(text)?.[1] ?? NaN) * 1000
+    }
+    const lagDaemon: number[] = []
+    const lagHere: number[] = []
     for (let rep = 0; rep < 3; rep++) {
+      await daemonP99()
+      const here = monitorEventLoopDelay({ resolution: 10 })
+      here.enable()
       const job = node.submit({ op: 'reduce', inputs: { x }, params: { op: 'sum' }, schedule: { shardsPerPeer: 1 } })
       await job.result()
+      here.disable()
+      lagHere.push(here.percentile(99) / 1e6)
+      lagDaemon.push(await daemonP99())
       const s = job.shards[0]
       if (s?.ms === undefined) throw new Error('no shard timing')
       rates.push((s.bytesOut / 1e6) / ((s.ms - (s.computeMs ?? 0)) / 1000))
@@ -310,6 +328,8 @@ async function transferSection (): Promise<void> {
     const rate = median(rates)
     record({ section: 'transfer', name: '256 MiB tensor over /tensormesh/shard/1.0.0, daemon to daemon (bulk channel: TCP + AES-128-GCM)', value: rate, unit: 'MB/s', baseline: { name: 'raw TCP (node:net) between two processes, bytes discarded', value: raw, unit: 'MB/s' }, ratio: rate / raw, goal: '>= 0.5 of raw TCP' })
     record({ section: 'transfer', name: 'the same, against raw TCP storing into a fresh buffer', value: rate, unit: 'MB/s', baseline: { name: 'raw TCP into a fresh 256 MiB buffer', value: rawStored, unit: 'MB/s' }, ratio: rate / rawStored })
+    record({ section: 'transfer', name: 'p99 event-loop lag of the receiving daemon while the 256 MiB move', value: median(lagDaemon), unit: 'ms', goal: '< 20 ms' })
+    record({ section: 'transfer', name: 'p99 event-loop lag of the sending coordinator while the 256 MiB move', value: median(lagHere), unit: 'ms', goal: '< 20 ms' })
   } finally {
     await node.stop()
     daemon.child.kill('SIGTERM')
