@@ -9,7 +9,7 @@ import { ProtocolError, LimitExceededError, TensormeshError, errorCode, errorMes
 import { cidOf, parseCid } from '../../node/blob-store.ts'
 import { messageCodec } from '../codec.ts'
 import { CHUNK_BYTES } from '../limits.ts'
-import { BULK_MIN_BYTES, BulkError, BulkTicketCodec, bulkFetch, bulkPush, bulkRoute, hostOf, pushTicket } from '../bulk/index.ts'
+import { BulkError, BulkTicketCodec, bulkFetch, bulkOffer, bulkPush, bulkRoute, hostOf } from '../bulk/index.ts'
 import { directConnection } from '../connections.ts'
 import type { BulkRoute, BulkServer, BulkTicket } from '../bulk/index.ts'
 import { peerText } from '../sanitize.ts'
@@ -86,17 +86,13 @@ export async function handleBlobStream (stream: Stream, from: PeerId, store: Blo
     }
     // Not granted and not held take the same path: one map lookup, then the same answer.
     const bytes = store.servable(peer, req.cid) ? await store.get(req.cid) : undefined
+    const offer = bytes === undefined ? undefined : bulkOffer(route, bulk, [bytes])
     if (bytes === undefined) {
       await lp.write(BlobAnswerCodec.encode({ ok: false, size: 0, error: BLOB_NOT_HERE }), { signal: timeout() })
-    } else if (bytes.byteLength >= BULK_MIN_BYTES && (route ?? { mode: 'pull' }).mode !== 'stream' && (bulk !== undefined || route?.mode === 'push')) {
+    } else if (offer !== undefined) {
       // Large blobs go over the bulk channel; the ticket travels on this encrypted stream.
-      if (route?.mode === 'push') {
-        const ticket = pushTicket(route.port, [bytes])
-        await lp.write(BlobAnswerCodec.encode({ ok: true, size: bytes.byteLength, error: '', bulk: ticket }), { signal: timeout() })
-        await bulkPush(route.host, route.port, ticket, [bytes], undefined, bulk)
-      } else if (bulk !== undefined) {
-        await lp.write(BlobAnswerCodec.encode({ ok: true, size: bytes.byteLength, error: '', bulk: bulk.offer([bytes]) }), { signal: timeout() })
-      }
+      await lp.write(BlobAnswerCodec.encode({ ok: true, size: bytes.byteLength, error: '', bulk: offer.ticket }), { signal: timeout() })
+      if (offer.push !== undefined) await bulkPush(offer.push.host, offer.push.port, offer.ticket, offer.parts, undefined, bulk)
     } else {
       await lp.write(BlobAnswerCodec.encode({ ok: true, size: bytes.byteLength, error: '' }), { signal: timeout() })
       for (let off = 0; off < bytes.byteLength; off += CHUNK_BYTES) {

@@ -126,6 +126,28 @@ export function bulkRoute (conn: RouteConnection | undefined, peerBulkPort: numb
   return { mode: 'push', host, port: peerBulkPort }
 }
 
+/** How one payload travels beside a stream: its ticket, and where this side connects when it pushes. */
+export interface BulkOffer {
+  ticket: BulkTicket
+  parts: Uint8Array[]
+  /** Set when this side connects and writes (the other side could not reach us). */
+  push?: { host: string, port: number }
+}
+
+/**
+ * The one decision for every protocol: a payload of BULK_MIN_BYTES or more
+ * goes beside the stream by `route` (no route: pulled from our bulk server,
+ * if we have one); anything else, or a route of 'stream', stays on the stream
+ * (undefined).
+ */
+export function bulkOffer (route: BulkRoute | undefined, bulk: BulkServer | undefined, parts: Uint8Array[]): BulkOffer | undefined {
+  const r: BulkRoute = route ?? (bulk !== undefined ? { mode: 'pull' } : { mode: 'stream' })
+  if (r.mode === 'stream' || parts.reduce((n, p) => n + p.byteLength, 0) < BULK_MIN_BYTES) return undefined
+  if (r.mode === 'push') return { ticket: pushTicket(r.port, parts), parts, push: { host: r.host, port: r.port } }
+  if (bulk === undefined) return undefined
+  return { ticket: bulk.offer(parts), parts }
+}
+
 export class BulkError extends TensormeshError {
   constructor (message: string) {
     super('ERR_BULK', message)
@@ -511,7 +533,11 @@ async function readSealed (socket: Socket, ticket: BulkTicket, targets: Uint8Arr
   await pipe(withFirst(first, socket as AsyncIterable<Buffer>), openFrames(ticket), intoTargets(targets))
 }
 
-async function connectTo (host: string, port: number, signal: AbortSignal | undefined): Promise<Socket> {
+/**
+ * Opens a bulk connection, runs `use` on it and destroys it afterwards; one
+ * abort listener covers the connect and the transfer.
+ */
+async function withConnection<T> (host: string, port: number, signal: AbortSignal | undefined, use: (socket: Socket) => Promise<T>): Promise<T> {
   const socket = connect({ host, port })
   socket.setNoDelay(true)
   const onAbort = (): void => { socket.destroy(new BulkError('bulk transfer aborted')) }
@@ -522,15 +548,13 @@ async function connectTo (host: string, port: number, signal: AbortSignal | unde
       socket.once('error', reject)
       socket.setTimeout(BULK_CONNECT_TIMEOUT_MS, () => { socket.destroy(new BulkError(`bulk connection to ${host}:${port} not accepted within ${BULK_CONNECT_TIMEOUT_MS} ms`)) })
     })
-  } catch (err) {
-    socket.destroy()
-    throw err
+    socket.on('error', () => {})
+    socket.setTimeout(BULK_IDLE_TIMEOUT_MS, () => { socket.destroy(new BulkError(`bulk transfer stalled for ${BULK_IDLE_TIMEOUT_MS} ms`)) })
+    return await use(socket)
   } finally {
     signal?.removeEventListener('abort', onAbort)
+    socket.destroy()
   }
-  socket.on('error', () => {})
-  socket.setTimeout(BULK_IDLE_TIMEOUT_MS, () => { socket.destroy(new BulkError(`bulk transfer stalled for ${BULK_IDLE_TIMEOUT_MS} ms`)) })
-  return socket
 }
 
 /**
@@ -539,16 +563,10 @@ async function connectTo (host: string, port: number, signal: AbortSignal | unde
  */
 export async function bulkFetch (host: string, ticket: BulkTicket, targets: Uint8Array[], signal?: AbortSignal): Promise<void> {
   checkTicket(ticket, targets.reduce((n, t) => n + t.byteLength, 0))
-  const socket = await connectTo(host, ticket.port, signal)
-  const onAbort = (): void => { socket.destroy(new BulkError('bulk transfer aborted')) }
-  signal?.addEventListener('abort', onAbort)
-  try {
+  await withConnection(host, ticket.port, signal, async (socket) => {
     socket.write(hello(ticket, MODE_PULL))
     await readSealed(socket, ticket, targets)
-  } finally {
-    signal?.removeEventListener('abort', onAbort)
-    socket.destroy()
-  }
+  })
 }
 
 /** A ticket for bytes this node will push to a peer's bulk server at `port`. */
@@ -562,10 +580,7 @@ export function pushTicket (port: number, parts: Uint8Array[]): BulkTicket {
  */
 export async function bulkPush (host: string, port: number, ticket: BulkTicket, parts: Uint8Array[], signal?: AbortSignal, stats?: { bytesPushed: number }): Promise<number> {
   checkTicket(ticket, parts.reduce((n, p) => n + p.byteLength, 0))
-  const socket = await connectTo(host, port, signal)
-  const onAbort = (): void => { socket.destroy(new BulkError('bulk transfer aborted')) }
-  signal?.addEventListener('abort', onAbort)
-  try {
+  return await withConnection(host, port, signal, async (socket) => {
     socket.write(hello(ticket, MODE_PUSH))
     let sent = 0
     await writeSealed(socket, ticket.key, parts, (n) => {
@@ -580,8 +595,5 @@ export async function bulkPush (host: string, port: number, ticket: BulkTicket, 
       socket.resume()
     })
     return sent
-  } finally {
-    signal?.removeEventListener('abort', onAbort)
-    socket.destroy()
-  }
+  })
 }

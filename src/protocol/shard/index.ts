@@ -10,12 +10,12 @@ import { ProtocolError, TensormeshError, errorCode, errorMessage } from '../../e
 import { messageCodec } from '../codec.ts'
 import { CHUNK_BYTES, DEFAULT_WIRE_LIMITS, MAX_HEADER_BYTES, MAX_PARAMS_BYTES, MAX_TENSORS_PER_FRAME } from '../limits.ts'
 import { peerText } from '../sanitize.ts'
-import { BULK_MIN_BYTES, BulkError, BulkTicketCodec, bulkFetch, bulkPush, bulkRoute, hostOf, isRelayed, pushTicket } from '../bulk/index.ts'
+import { BulkError, BulkTicketCodec, bulkFetch, bulkOffer, bulkPush, bulkRoute, hostOf, isRelayed } from '../bulk/index.ts'
 import { directConnection } from '../connections.ts'
 import { TensorDescCodec, allocateTensors, checkDescs, describeTensors, readTensorBytes, tensorBytes, writeTensorBytes } from '../tensor-frames.ts'
 import { OPEN_GUARD, RateLimitedError, isMalformed } from '../peer-guard.ts'
 import type { PeerGuard } from '../peer-guard.ts'
-import type { BulkRoute, BulkServer, BulkTicket } from '../bulk/index.ts'
+import type { BulkOffer, BulkRoute, BulkServer, BulkTicket } from '../bulk/index.ts'
 import type { LengthPrefixedStream } from '@libp2p/utils'
 import type { Params, ShardTask, Tensors } from '../../compute/operators/types.ts'
 import type { WireLimits } from '../limits.ts'
@@ -361,25 +361,9 @@ export async function shardOverStream (stream: Stream, shard: OutgoingShard, sig
   }
 }
 
-interface BulkOffer {
-  ticket: BulkTicket
-  parts: Uint8Array[]
-  /** Set when this side connects and writes (the other side could not reach us). */
-  push?: { host: string, port: number }
-}
-
-/**
- * Payloads of BULK_MIN_BYTES or more go beside the stream, by the transport's
- * route: offered for the other side to pull, or pushed to it. Undefined: on the stream.
- */
+/** Payloads of BULK_MIN_BYTES or more go beside the stream, by the transport's route; undefined: on the stream. */
 function offerBulk (transport: ShardTransport, tensors: Tensors[string][]): BulkOffer | undefined {
-  const route = transport.route ?? (transport.bulk !== undefined ? { mode: 'pull' } : { mode: 'stream' })
-  if (route.mode === 'stream') return undefined
-  const parts = tensorBytes(tensors)
-  if (parts.reduce((n, p) => n + p.byteLength, 0) < BULK_MIN_BYTES) return undefined
-  if (route.mode === 'push') return { ticket: pushTicket(route.port, parts), parts, push: { host: route.host, port: route.port } }
-  if (transport.bulk === undefined) return undefined
-  return { ticket: transport.bulk.offer(parts), parts }
+  return bulkOffer(transport.route, transport.bulk, tensorBytes(tensors))
 }
 
 /** Tensors described by a header: read from this stream, pulled over the bulk channel, or pushed into ours. */
