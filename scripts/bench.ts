@@ -445,9 +445,7 @@ async function scalingSection (): Promise<void> {
   const b = randomTensor([4096, 2048], 22)
   const job = 'matmul 4096x4096 @ 4096x2048'
   /** Median coordinator time of the job on a fresh testnet, over 3 runs after one warm-up job (kernels compiled, b cached by CID, links measured). */
-  const timed = async (nodes: number, extra: string[], submitTo = 0): Promise<{ ms: number, last: JobView, net: Testnet }> => {
-    const net = await Testnet.start(nodes, ['--netns', '--cpus', '--workers', '1', ...extra])
-    const api = net.node(submitTo).api
+  const measure = async (api: string): Promise<{ ms: number, last: JobView }> => {
     await runJob(api, 'matmul', { a, b })
     const samples: number[] = []
     let last: JobView | undefined
@@ -456,7 +454,11 @@ async function scalingSection (): Promise<void> {
       samples.push(jobMs(last))
     }
     await checkSampledRows(api, last?.id ?? '', a, b)
-    return { ms: median(samples), last: last as JobView, net }
+    return { ms: median(samples), last: last as JobView }
+  }
+  const timed = async (nodes: number, extra: string[]): Promise<{ ms: number, last: JobView, net: Testnet }> => {
+    const net = await Testnet.start(nodes, ['--netns', '--cpus', '--workers', '1', ...extra])
+    return { ...await measure(net.node(0).api), net }
   }
   const rowsOn = (j: JobView, peer: string): number => j.shards.filter(s => s.peer === peer).reduce((n, s) => n + s.end - s.start, 0)
   const bytesBy = (j: JobView, via: 'direct' | 'relay'): number => j.shards.filter(s => s.via === via).reduce((n, s) => n + s.bytesIn + s.bytesOut, 0)
@@ -481,17 +483,9 @@ async function scalingSection (): Promise<void> {
     const relayAt = await untilTrue(async () => (await natApi.json<{ reachability: string }>('GET', '/v1/node')).reachability === 'private')
     record({ section: 'scaling', name: '2-node testnet with node 1 behind NAT formed (start to both directories full)', value: formed, unit: 'ms', note: `the NATed node knew it was private ${Math.round(relayAt - t0)} ms after start` })
     for (const [label, at] of [['a job from the reachable node to a NATed peer', 0], ['a job submitted to the NATed node', 1]] as const) {
-      await runJob(natNet.node(at).api, 'matmul', { a, b })
-      const samples: number[] = []
-      let last: JobView | undefined
-      for (let rep = 0; rep < 2; rep++) {
-        last = await runJob(natNet.node(at).api, 'matmul', { a, b })
-        samples.push(jobMs(last))
-      }
-      await checkSampledRows(natNet.node(at).api, last?.id ?? '', a, b)
-      const ms = median(samples)
+      const { ms, last } = await measure(natNet.node(at).api)
       const other = natNet.node(1 - at).peerId
-      record({ section: 'scaling', name: `${job}, 2 nodes, ${label}`, value: ms, unit: 'ms', baseline: { name: '2 nodes, no NAT', value: two.ms, unit: 'ms' }, ratio: two.ms / ms, note: `rows on the other node: ${rowsOn(last as JobView, other)}; bytes direct ${bytesBy(last as JobView, 'direct')}, through a relay ${bytesBy(last as JobView, 'relay')}` })
+      record({ section: 'scaling', name: `${job}, 2 nodes, ${label}`, value: ms, unit: 'ms', baseline: { name: '2 nodes, no NAT', value: two.ms, unit: 'ms' }, ratio: two.ms / ms, note: `rows on the other node: ${rowsOn(last, other)}; bytes direct ${bytesBy(last, 'direct')}, through a relay ${bytesBy(last, 'relay')}` })
     }
   } finally {
     await natNet.stop()
@@ -499,11 +493,8 @@ async function scalingSection (): Promise<void> {
   // Both workers behind NAT: the NATed coordinator reaches the other NATed node only through the relay.
   const relayNet = await Testnet.start(3, ['--netns', '--cpus', '--workers', '1', '--nat', '1', '--nat', '2'])
   try {
-    const api = relayNet.node(1).api
-    await runJob(api, 'matmul', { a, b })
-    const last = await runJob(api, 'matmul', { a, b })
-    await checkSampledRows(api, last.id, a, b)
-    record({ section: 'scaling', name: `${job}, 3 nodes, submitted to a NATed node whose one peer is NATed too`, value: jobMs(last), unit: 'ms', note: `bytes direct ${bytesBy(last, 'direct')}, through a relay ${bytesBy(last, 'relay')}; rows on the other NATed node: ${rowsOn(last, relayNet.node(2).peerId)} (3 nodes share 2 cores here)` })
+    const { ms, last } = await measure(relayNet.node(1).api)
+    record({ section: 'scaling', name: `${job}, 3 nodes, submitted to a NATed node whose one peer is NATed too`, value: ms, unit: 'ms', note: `bytes direct ${bytesBy(last, 'direct')}, through a relay ${bytesBy(last, 'relay')}; rows on the other NATed node: ${rowsOn(last, relayNet.node(2).peerId)} (3 nodes share 2 cores here)` })
   } finally {
     await relayNet.stop()
   }

@@ -17,6 +17,10 @@ const INTERVAL_MS = 500
 interface Member { peerId: string, api: string, pid: number, multiaddrs: string[], token: string, netns: string, ip: string, nat: boolean }
 interface NetnsLine { nodes: Member[], subnet: string }
 interface NodeView { reachability: string, relay: { peer: string, addrs: string[] } | null, bulk: { bytesPushed: number } | null }
+/** GET /v1/node of a testnet member, from the host namespace. */
+async function info (n: Member): Promise<NodeView> {
+  return await (await fetch(`${n.api}/v1/node`, { headers: authHeaders() })).json() as NodeView
+}
 interface JobRecord { shards: Array<{ peer: string, via?: string, bytesIn: number }> }
 
 const IP = findExecutable('ip')
@@ -293,7 +297,6 @@ json.dump({'op': 'matmul', 'inputs': {'a': 'a.npy', 'b': 'b.npy'}, 'schedule': {
   // The jobs below run on this testnet in this order. The map job goes first: it is transfer-bound,
   // and once the coordinator has measured its links the split rightly keeps most of it at home.
   it('the NATed node knows it is private and holds a relay; the reachable ones are public', async () => {
-    const info = async (n: Member): Promise<NodeView> => await (await fetch(`${n.api}/v1/node`, { headers: authHeaders() })).json() as NodeView
     await pollUntil(async () => (await info(net.nodes[2] as Member)).relay !== null, 30_000, 'the NATed node took no relay')
     const natted = await info(net.nodes[2] as Member)
     expect(natted.reachability).toBe('private')
@@ -304,7 +307,7 @@ json.dump({'op': 'matmul', 'inputs': {'a': 'a.npy', 'b': 'b.npy'}, 'schedule': {
   it('a job from a reachable node runs on all three, the NATed node included, whose 4 MiB+ partial it pushes over a connection it dialed', async () => {
     const api = net.nodes[0]?.api ?? ''
     const natted = net.nodes[2] as Member
-    const pushedBefore = (await (await fetch(`${natted.api}/v1/node`, { headers: authHeaders() })).json() as NodeView).bulk?.bytesPushed ?? 0
+    const pushedBefore = (await info(natted)).bulk?.bytesPushed ?? 0
     const res = await runCli(['submit', '--api', api, join(jobs, 'map.json'), '--out', join(jobs, 'map-out.npy'), '--json'])
     expect(res.stderr).toBe('')
     expect(res.code).toBe(0)
@@ -320,7 +323,7 @@ json.dump({'op': 'matmul', 'inputs': {'a': 'a.npy', 'b': 'b.npy'}, 'schedule': {
     expect(new Set(record.shards.map(s => s.peer))).toEqual(new Set(net.nodes.map(n => n.peerId)))
     const mine = record.shards.filter(s => s.peer === natted.peerId)
     for (const s of mine) expect(s.via).toBe('direct')
-    const pushed = (await (await fetch(`${natted.api}/v1/node`, { headers: authHeaders() })).json() as NodeView).bulk?.bytesPushed ?? 0
+    const pushed = (await info(natted)).bulk?.bytesPushed ?? 0
     expect(pushed - pushedBefore).toBe(mine.reduce((n, s) => n + s.bytesIn, 0))
   })
 
