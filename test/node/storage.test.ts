@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import { DatabaseSync } from 'node:sqlite'
 import { afterAll, describe, expect, it } from 'vitest'
 import { BlobStore } from '../../src/node/blob-store.ts'
-import { JOURNAL_FILES, Journal } from '../../src/node/jobs/journal.ts'
+import { INLINE_PARTIAL_BYTES, JOURNAL_FILES, Journal } from '../../src/node/jobs/journal.ts'
 import { Job } from '../../src/node/jobs/job.ts'
 import { FREE_SPACE_FLOOR_BYTES, StorageBudget, isDiskFull, jobOwner, storageError } from '../../src/node/storage.ts'
 import { hostTensor } from '../../src/compute/tensor.ts'
@@ -300,6 +300,52 @@ describe('Journal on a storage budget', () => {
     journal.close()
   })
 
+  it('keeps small partials in their shard\'s row (no file) and large ones in files; both come back after a reopen', async () => {
+    const dir = await scratch()
+    const journal = new Journal(dir)
+    await journal.open()
+    const inputs = { a: tensor(64, 32), b: tensor(32, 8) }
+    const j = job('j2', inputs)
+    await journal.submitted(j, inputs)
+    const small = { out: tensor(32, 8, 2), idx: hostTensor('int32', [3], Int32Array.from([7, -1, 2 ** 31 - 1])) }
+    const large = { out: tensor(160, 128, 4) }
+    expect(INLINE_PARTIAL_BYTES).toBeLessThan(160 * 128 * 4)
+    await journal.shardDone(j, 0, small)
+    await journal.shardDone(j, 1, large)
+    expect(filesUnder(journal.jobDir('j2'))).toEqual(['input-a.npy', 'input-b.npy', 'shard-1-out.npy'])
+    journal.close()
+    const again = new Journal(dir)
+    await again.open()
+    const [stored] = again.load()
+    const partials = await again.readPartials(stored ?? (undefined as never))
+    expect(partials.get(0)?.out).toEqual(small.out)
+    expect(partials.get(0)?.idx).toEqual(small.idx)
+    expect(partials.get(1)?.out).toEqual(large.out)
+    again.close()
+  })
+
+  it('opens a journal written before inline partials (no data column), whose rows name files', async () => {
+    const dir = await scratch()
+    const journal = new Journal(dir)
+    await journal.open()
+    const inputs = { a: tensor(4, 4) }
+    const j = job('old', inputs)
+    await journal.submitted(j, inputs)
+    await journal.shardDone(j, 0, { out: tensor(160, 128, 5) })
+    journal.close()
+    // Rebuild the shards table as the old schema had it.
+    const db = new DatabaseSync(join(dir, 'journal.sqlite'))
+    db.exec(`CREATE TABLE shards_old (job TEXT NOT NULL, idx INTEGER NOT NULL, files TEXT NOT NULL, record TEXT NOT NULL, PRIMARY KEY (job, idx));
+      INSERT INTO shards_old SELECT job, idx, files, record FROM shards; DROP TABLE shards; ALTER TABLE shards_old RENAME TO shards;`)
+    db.close()
+    const again = new Journal(dir)
+    await again.open()
+    const [stored] = again.load()
+    expect((await again.readPartials(stored ?? (undefined as never))).get(0)?.out).toEqual(tensor(160, 128, 5))
+    await again.shardDone(j, 1, { out: tensor(2, 2, 6) })
+    again.close()
+  })
+
   it('belongs to one process: a second journal on the same data directory is refused with ERR_DATA_DIR', async () => {
     const dir = await scratch()
     const first = new Journal(dir)
@@ -432,7 +478,8 @@ describe.skipIf(!mounted)('on a full filesystem (tmpfs)', () => {
     const inputs = { a: tensor(32, 16), b: tensor(16, 8) }
     const j = job('j', inputs)
     await journal.submitted(j, inputs)
-    await journal.shardDone(j, 0, { out: tensor(16, 8, 1) })
+    // Over INLINE_PARTIAL_BYTES, so in a file of its own.
+    await journal.shardDone(j, 0, { out: tensor(160, 128, 1) })
     const filler = fillFilesystem(tmpfs)
     try {
       await expect(journal.shardDone(j, 1, { out: tensor(512, 64, 2) })).rejects.toMatchObject({ code: 'ERR_STORAGE_FULL' })
@@ -450,7 +497,7 @@ describe.skipIf(!mounted)('on a full filesystem (tmpfs)', () => {
     expect([...(stored?.partials.keys() ?? [])]).toEqual([0])
     const read = await again.readInputs(stored ?? (undefined as never))
     expect('tensors' in read && [...(read.tensors.a?.data ?? [])]).toEqual([...inputs.a.data])
-    expect((await again.readPartials(stored ?? (undefined as never))).get(0)?.out?.data).toEqual(tensor(16, 8, 1).data)
+    expect((await again.readPartials(stored ?? (undefined as never))).get(0)?.out?.data).toEqual(tensor(160, 128, 1).data)
     again.close()
   })
 

@@ -1,7 +1,7 @@
 import { mkdir, readFile, readdir } from 'node:fs/promises'
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
-import { encodeNpy, readNpyFile } from '../../compute/npy.ts'
+import { decodeNpy, encodeNpy, readNpyFile } from '../../compute/npy.ts'
 import { InvalidInputError } from '../../errors.ts'
 import { jobOwner, removeFile, removeTree, storageError, writeAtomic } from '../storage.ts'
 import type { StorageBudget } from '../storage.ts'
@@ -26,6 +26,27 @@ async function loadSqlite (): Promise<typeof import('node:sqlite')> {
 
 export { writeAtomic }
 
+/**
+ * A journaled partial: each tensor in a file of its own, or, for small
+ * partials, all of them in the shard's row (`data`: per tensor, in the order
+ * of `files`, a little-endian uint32 length then the .npy bytes; the file
+ * name is INLINE_PARTIAL then).
+ */
+export interface StoredPartial {
+  files: Record<string, string>
+  data?: Uint8Array
+}
+
+/**
+ * Partials up to this size go into their shard's row instead of files. A
+ * file costs an open, a write, an fsync, a stat and a rename per tensor:
+ * ~0.3 ms of the main thread per shard here, which for tiny shards was half
+ * of the coordinator's work. The row commits under the same WAL as the
+ * record naming the files did, so a crash keeps it or the shard reruns.
+ */
+export const INLINE_PARTIAL_BYTES = 64 * 1024
+const INLINE_PARTIAL = ':row'
+
 /** The journal's SQLite files in the data directory; SQLite grows them, so the storage budget measures them when it checks. */
 export const JOURNAL_FILES = ['journal.sqlite', 'journal.sqlite-wal', 'journal.sqlite-shm']
 
@@ -41,8 +62,8 @@ export interface StoredJob {
   error?: { code: string, message: string }
   /** The job's record (bids, shards, verification) as last written. */
   record?: Pick<JobView, 'bids' | 'shards' | 'verification' | 'output' | 'metrics' | 'model'>
-  /** Shards whose partials are on disk, by index: tensor name to file. */
-  partials: Map<number, Record<string, string>>
+  /** Shards whose partials are journaled, by index. */
+  partials: Map<number, StoredPartial>
   resultPath?: string
   inputDir: string
 }
@@ -87,7 +108,10 @@ export class Journal {
         id TEXT PRIMARY KEY, op TEXT NOT NULL, spec TEXT NOT NULL, state TEXT NOT NULL,
         created INTEGER NOT NULL, started INTEGER, finished INTEGER, error TEXT, record TEXT, result TEXT)`)
       db.exec(`CREATE TABLE IF NOT EXISTS shards (
-        job TEXT NOT NULL, idx INTEGER NOT NULL, files TEXT NOT NULL, record TEXT NOT NULL, PRIMARY KEY (job, idx))`)
+        job TEXT NOT NULL, idx INTEGER NOT NULL, files TEXT NOT NULL, record TEXT NOT NULL, data BLOB, PRIMARY KEY (job, idx))`)
+      // Journals from before inline partials lack the column; their rows all name files.
+      const columns = db.prepare('PRAGMA table_info(shards)').all() as Array<{ name: string }>
+      if (!columns.some(c => c.name === 'data')) db.exec('ALTER TABLE shards ADD COLUMN data BLOB')
     } catch (err) {
       db.close()
       // SQLITE_BUSY: another process holds the exclusive lock.
@@ -101,7 +125,7 @@ export class Journal {
       update: db.prepare('UPDATE jobs SET state = ?, started = ?, record = ? WHERE id = ?'),
       record: db.prepare('UPDATE jobs SET record = ? WHERE id = ?'),
       finish: db.prepare('UPDATE jobs SET state = ?, started = ?, finished = ?, error = ?, record = ?, result = ? WHERE id = ?'),
-      partial: db.prepare('INSERT OR REPLACE INTO shards (job, idx, files, record) VALUES (?, ?, ?, ?)'),
+      partial: db.prepare('INSERT OR REPLACE INTO shards (job, idx, files, record, data) VALUES (?, ?, ?, ?, ?)'),
       remove: db.prepare('DELETE FROM jobs WHERE id = ?'),
       removeShards: db.prepare('DELETE FROM shards WHERE job = ?')
     }
@@ -162,6 +186,26 @@ export class Journal {
   async shardDone (job: Job, index: number, partial: Tensors): Promise<void> {
     const dir = this.jobDir(job.id)
     const files: Record<string, string> = {}
+    const record = JSON.stringify(job.shards[index] ?? null)
+    const encoded = Object.entries(partial).map(([name, t]) => [name, encodeNpy(t)] as const)
+    const total = encoded.reduce((n, [, b]) => n + 4 + b.byteLength, 0)
+    if (total <= INLINE_PARTIAL_BYTES) {
+      const data = new Uint8Array(total)
+      const view = new DataView(data.buffer)
+      let off = 0
+      for (const [name, bytes] of encoded) {
+        view.setUint32(off, bytes.byteLength, true)
+        data.set(bytes, off + 4)
+        off += 4 + bytes.byteLength
+        files[name] = INLINE_PARTIAL
+      }
+      try {
+        this.stmts?.partial.run(job.id, index, JSON.stringify(files), record, data)
+      } catch (err) {
+        throw storageError(err, `shard ${index} of job ${job.id} to the journal`)
+      }
+      return
+    }
     try {
       for (const [name, t] of Object.entries(partial)) {
         const file = `shard-${index}-${name}.npy`
@@ -170,7 +214,7 @@ export class Journal {
       }
       // One row per accepted shard, with that shard's own record: the job's whole record is
       // written at plan and at finish only, so a job of n shards costs O(n) here, not O(n^2).
-      this.stmts?.partial.run(job.id, index, JSON.stringify(files), JSON.stringify(job.shards[index] ?? null))
+      this.stmts?.partial.run(job.id, index, JSON.stringify(files), record, null)
     } catch (err) {
       // No row names them: the shard runs again after a restart.
       for (const file of Object.values(files)) await removeFile(join(dir, file), this.storage).catch(() => {})
@@ -269,11 +313,11 @@ export class Journal {
   load (): StoredJob[] {
     const db = this.db
     if (db === undefined) return []
-    const partials = new Map<string, Map<number, Record<string, string>>>()
+    const partials = new Map<string, Map<number, StoredPartial>>()
     const shardRecords = new Map<string, Map<number, ShardRecord>>()
-    for (const row of db.prepare('SELECT job, idx, files, record FROM shards').all() as Array<{ job: string, idx: number, files: string, record: string }>) {
-      const m = partials.get(row.job) ?? new Map<number, Record<string, string>>()
-      m.set(row.idx, JSON.parse(row.files) as Record<string, string>)
+    for (const row of db.prepare('SELECT job, idx, files, record, data FROM shards').all() as Array<{ job: string, idx: number, files: string, record: string, data: Uint8Array | null }>) {
+      const m = partials.get(row.job) ?? new Map<number, StoredPartial>()
+      m.set(row.idx, { files: JSON.parse(row.files) as Record<string, string>, ...(row.data !== null ? { data: row.data } : {}) })
       partials.set(row.job, m)
       const rec = JSON.parse(row.record) as ShardRecord | null
       if (rec !== null) {
@@ -328,9 +372,21 @@ export class Journal {
 
   async readPartials (stored: StoredJob): Promise<Map<number, Tensors>> {
     const out = new Map<number, Tensors>()
-    for (const [index, files] of stored.partials) {
+    for (const [index, part] of stored.partials) {
       const partial: Tensors = {}
-      for (const [name, file] of Object.entries(files)) partial[name] = await readNpyFile(join(stored.inputDir, file))
+      let off = 0
+      for (const [name, file] of Object.entries(part.files)) {
+        if (file !== INLINE_PARTIAL) {
+          partial[name] = await readNpyFile(join(stored.inputDir, file))
+          continue
+        }
+        const data = part.data
+        if (data === undefined || off + 4 > data.byteLength) throw new Error(`shard ${index}'s row names an inline partial ${name} it does not hold`)
+        const n = new DataView(data.buffer, data.byteOffset, data.byteLength).getUint32(off, true)
+        if (off + 4 + n > data.byteLength) throw new Error(`shard ${index}'s inline partial ${name} is cut short`)
+        partial[name] = decodeNpy(data.subarray(off + 4, off + 4 + n), name)
+        off += 4 + n
+      }
       out.set(index, partial)
     }
     return out
