@@ -3,6 +3,7 @@ import type { KernelBackend } from '@tensorflow/tfjs-core'
 import { InvalidInputError, errorMessage } from '../errors.ts'
 import { BackendInitError, BackendUnavailableError } from './errors.ts'
 import type { TF } from './operators/types.ts'
+import { registerWasmGradKernels } from './wasm-kernels.ts'
 
 /**
  * Backend selection: an ordered list of candidates, best first. Each says
@@ -148,6 +149,8 @@ function jsCandidate (name: 'wasm' | 'cpu', pkg: string): BackendCandidate {
         throw new BackendUnavailableError(`backend '${name}' does not load: ${firstLine(errorMessage(err))}`, { cause: err })
       }
       await activate(tf, name)
+      // wasm ships no kernels for several gradients (and a wrong MaxPoolGrad); see wasm-kernels.ts.
+      if (name === 'wasm') registerWasmGradKernels(tf)
       if (name === 'cpu') {
         // The cpu backend prints a banner to stderr on first use advising
         // tfjs-node; choosing cpu here is deliberate (nothing better loaded).
