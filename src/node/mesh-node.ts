@@ -18,6 +18,7 @@ import { registerBidHandler, BID_PROTOCOL } from '../protocol/bid/index.ts'
 import { CapacityService, capacityScoreParams, capacityScoreThresholds } from '../protocol/capacity/index.ts'
 import { DEFAULT_WIRE_LIMITS } from '../protocol/limits.ts'
 import { registerShardHandler, SHARD_PROTOCOL } from '../protocol/shard/index.ts'
+import { registerSessionHandler, SHARD_SESSION_PROTOCOL, ShardSessions } from '../protocol/shard/session.ts'
 import { JobManager } from './jobs/job-manager.ts'
 import { JOURNAL_FILES, Journal } from './jobs/journal.ts'
 import { StorageBudget } from './storage.ts'
@@ -32,6 +33,7 @@ import { reachability } from './reachability.ts'
 import type { ReachabilityInfo, ReachabilityService } from './reachability.ts'
 import type { CircuitRelayService } from '@libp2p/circuit-relay-v2'
 import type { Tensors } from '../compute/operators/types.ts'
+import type { IncomingShard, ShardTransport } from '../protocol/shard/index.ts'
 import { ApiServer } from './api/server.ts'
 import { loadOrCreateKey, prepareDataDir } from './keys.ts'
 import { AccessGate, installPnetCipherFix, loadOrCreateApiToken } from './access/index.ts'
@@ -148,6 +150,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
   private storage?: StorageBudget
   private fetcher?: BlobFetcher
   private bulk?: BulkServer
+  private sessions?: ShardSessions
   private readonly gate: AccessGate
   /** Rate limits, strikes and bans per peer; `isBanned` is for the connection gater. */
   readonly peerLimits: PeerLimits
@@ -293,13 +296,15 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
       await registerBlobHandler(this.libp2p, this.blobs, this.log, this.bulk, this.peerLimits, bulkPortOf)
       await registerReachHandler(this.libp2p, this.log)
       this.libp2p.services.reachability.onChange = () => { this.capacity?.changed() }
+      if (this.init.shardSessions !== false) this.sessions = new ShardSessions(this.libp2p, this.limits)
       this.jobManager = new JobManager(
-        { libp2p: this.libp2p, directory: this.directory, pool: this.pool, log: this.log, blobs: this.blobs, bulk: this.bulk, bulkPortOf },
+        { libp2p: this.libp2p, directory: this.directory, pool: this.pool, log: this.log, blobs: this.blobs, bulk: this.bulk, bulkPortOf, sessions: this.sessions },
         { journal: this.journal, limits: this.limits, serve: this.init.serve !== false, shardsPerPeer: this.init.shardsPerPeer, hooks: this.init.hooks, faults: this.init.faults, observer: this.metrics, peers: this.peerLimits, storage: this.storage }
       )
       const jobs = this.jobManager
       await registerBidHandler(this.libp2p, (req, from) => jobs.bid(req, from.toString()), this.log, this.peerLimits)
-      await registerShardHandler(this.libp2p, async (shard, signal) => await jobs.execute(shard, signal), this.log, {
+      const execute = async (shard: IncomingShard, signal: AbortSignal): Promise<{ partial: Tensors, computeMs: number }> => await jobs.execute(shard, signal)
+      const shardTransport: ShardTransport = {
         limits: this.limits,
         bulk: this.bulk,
         bulkPortOf,
@@ -314,7 +319,9 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
           ])
           return { tensors, blobs }
         }
-      })
+      }
+      await registerShardHandler(this.libp2p, execute, this.log, shardTransport)
+      await registerSessionHandler(this.libp2p, execute, this.log, shardTransport)
       this.capacity.start()
       await this.jobManager.restore()
       // Only now is every journaled job back, so only now can the store tell which blobs nothing names.
@@ -341,9 +348,10 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
     clearInterval(this.connectivityTimer)
     await this.api?.stop()
     this.jobManager?.stop()
+    this.sessions?.stop()
     this.peerLimits.detach()
     this.metrics.stop()
-    if (this.libp2pNode !== undefined) await this.libp2pNode.unhandle([BID_PROTOCOL, SHARD_PROTOCOL, BLOB_PROTOCOL, REACH_PROTOCOL]).catch(() => {})
+    if (this.libp2pNode !== undefined) await this.libp2pNode.unhandle([BID_PROTOCOL, SHARD_PROTOCOL, SHARD_SESSION_PROTOCOL, BLOB_PROTOCOL, REACH_PROTOCOL]).catch(() => {})
     this.capacity?.stop()
     this.directory.stop()
     await this.libp2pNode?.stop()

@@ -38,6 +38,11 @@ export interface MeshNodeInit {
   limits?: Partial<WireLimits>
   /** Shards cut per accepting peer (default 2). */
   shardsPerPeer?: number
+  /**
+   * Send small shards as frames on one session stream per peer (default true);
+   * false opens a stream per shard, as before sessions (benchmarks compare the two).
+   */
+  shardSessions?: boolean
   /** Move large tensors over the AES-GCM bulk channel beside libp2p (default true); false keeps every byte on libp2p streams. */
   bulk?: boolean
   /**

@@ -8,6 +8,7 @@ import { DEFAULT_VERIFY_RTOL } from './job-run.ts'
 import { checkTrainInputs, checkTrainParams, runTraining } from './train.ts'
 import { mlpParamCount } from '../../compute/operators/mlp.ts'
 import { FILE_OVERHEAD_BYTES, jobOwner } from '../storage.ts'
+import type { ShardSessions } from '../../protocol/shard/session.ts'
 import type { StorageBudget } from '../storage.ts'
 import type { TrainCheckpoint } from './train.ts'
 import { Job, TERMINAL_STATES } from './job.ts'
@@ -89,6 +90,8 @@ export interface JobManagerComponents {
   bulk?: BulkServer
   /** A peer's bulk port from its advert: where to push to a peer we dialed. */
   bulkPortOf?: (peer: string) => number | undefined
+  /** One session stream per peer for small shards. */
+  sessions?: ShardSessions
 }
 
 /**

@@ -16,6 +16,7 @@ import { TensorDescCodec, allocateTensors, checkDescs, describeTensors, readTens
 import { OPEN_GUARD, RateLimitedError, isMalformed } from '../peer-guard.ts'
 import type { PeerGuard } from '../peer-guard.ts'
 import type { BulkOffer, BulkRoute, BulkServer, BulkTicket } from '../bulk/index.ts'
+import type { ShardSessions } from './session.ts'
 import type { LengthPrefixedStream } from '@libp2p/utils'
 import type { Params, ShardTask, Tensors } from '../../compute/operators/types.ts'
 import type { WireLimits } from '../limits.ts'
@@ -122,6 +123,30 @@ function checkRefs (header: ShardHeader): void {
   }
 }
 
+/** Checks a shard header from a peer before any of its bytes are taken; returns its params. */
+export function checkShardHeader (header: ShardHeader, limits: WireLimits): Params {
+  const params = parseParams(header.params)
+  if (header.end < header.start) throw new ProtocolError('shard range ends before it starts', 'ERR_BAD_RANGE')
+  checkDescs(header.tensors, limits, 'shard request')
+  checkRefs(header)
+  return params
+}
+
+/** Runs a checked shard whose inline tensors have arrived: resolves its refs, then executes it. */
+export async function executeShard (header: ShardHeader, params: Params, tensors: Tensors, from: PeerId, execute: ShardExecutor, resolve: RefResolver | undefined, signal: AbortSignal): Promise<{ partial: Tensors, computeMs: number }> {
+  const task: ShardTask = { op: header.op, params, inputs: tensors }
+  if (header.refs.length > 0 || header.blobs.length > 0) {
+    if (resolve === undefined) throw new ProtocolError('this node takes no content refs', 'ERR_BAD_REF')
+    const resolved = await resolve({ tensors: header.refs, blobs: header.blobs }, from)
+    Object.assign(task.inputs, resolved.tensors)
+    task.shared = header.refs.map(r => r.name)
+    if (header.blobs.length > 0) task.blobs = resolved.blobs
+  }
+  return await execute({
+    jobId: header.jobId, index: header.index, attempt: header.attempt, start: header.start, end: header.end, from, task
+  }, signal)
+}
+
 function parseParams (text: string): Params {
   let value: unknown
   try {
@@ -146,6 +171,8 @@ export interface ShardTransport {
   route?: BulkRoute
   /** A peer's bulk port, from its advert; a push needs it. */
   bulkPortOf?: (peer: string) => number | undefined
+  /** Small shards travel as frames on one session stream per peer (the coordinator side); none: a stream per shard. */
+  sessions?: ShardSessions
   /** Bans, rate limits and strikes per peer (the peer side); none lets everyone in. */
   guard?: PeerGuard
   /**
@@ -205,22 +232,9 @@ export async function handleShardStream (stream: Stream, from: PeerId, execute: 
     const headerFrame = await lp.read({ signal: AbortSignal.timeout(limits.frameTimeoutMs) })
     if (headerFrame.byteLength > MAX_HEADER_BYTES) throw new ProtocolError('shard header too long', 'ERR_MESSAGE_TOO_LONG')
     const header = ShardHeaderCodec.decode(headerFrame.subarray())
-    const params = parseParams(header.params)
-    if (header.end < header.start) throw new ProtocolError('shard range ends before it starts', 'ERR_BAD_RANGE')
-    checkDescs(header.tensors, limits, 'shard request')
-    checkRefs(header)
+    const params = checkShardHeader(header, limits)
     const tensors = await receiveTensors(lp, header, limits, 'shard request', transport, lease.signal)
-    const task: ShardTask = { op: header.op, params, inputs: tensors }
-    if (header.refs.length > 0 || header.blobs.length > 0) {
-      if (resolve === undefined) throw new ProtocolError('this node takes no content refs', 'ERR_BAD_REF')
-      const resolved = await resolve({ tensors: header.refs, blobs: header.blobs }, from)
-      Object.assign(task.inputs, resolved.tensors)
-      task.shared = header.refs.map(r => r.name)
-      if (header.blobs.length > 0) task.blobs = resolved.blobs
-    }
-    const result = await execute({
-      jobId: header.jobId, index: header.index, attempt: header.attempt, start: header.start, end: header.end, from, task
-    }, lease.signal)
+    const result = await executeShard(header, params, tensors, from, execute, resolve, lease.signal)
     const out = Object.values(result.partial)
     answered = true
     const offer = offerBulk(transport, out)
@@ -262,6 +276,8 @@ export interface OutgoingShard {
   start: number
   end: number
   task: ShardTask
+  /** The result's expected size in bytes, from the plan's cost (not sent): small shards go by session. */
+  resultBytes?: number
 }
 
 export interface ShardOutcome {
@@ -295,6 +311,19 @@ export async function sendShard (libp2p: Libp2p, peer: PeerId, shard: OutgoingSh
     for (const [name, bytes] of Object.entries(shard.task.blobs ?? {})) blobs.push({ name, cid: await publisher.blobRef(bytes) })
     // Before the header leaves: the peer fetches as soon as it reads it.
     if (refs.length > 0 || blobs.length > 0) publisher.grant?.(peer.toString(), [...refs, ...blobs].map(r => r.cid))
+  }
+  const sessions = transport.sessions
+  if (sessions !== undefined) {
+    const byRef = new Set(refs.map(r => r.name))
+    const inline = Object.fromEntries(Object.entries(shard.task.inputs).filter(([name]) => !byRef.has(name)))
+    if (sessions.fits(peer.toString(), shard, inline)) {
+      try {
+        return await sessions.send(peer, shard, refs, blobs, inline, signal)
+      } catch (err) {
+        // Too big after all, or no session to be had: this shard takes a stream of its own.
+        if (!sessions.fallsBack(shard, err)) throw err
+      }
+    }
   }
   const connection = await directConnection(libp2p, peer, signal)
   const stream = await connection.newStream(SHARD_PROTOCOL, { signal, runOnLimitedConnection: true })
