@@ -3,6 +3,7 @@ import { getOperator } from '../../src/compute/operators/index.ts'
 import { hostTensor } from '../../src/compute/tensor.ts'
 import { Job } from '../../src/node/jobs/job.ts'
 import { JobRun } from '../../src/node/jobs/job-run.ts'
+import { RemoteShardError } from '../../src/protocol/shard/index.ts'
 import { explainUnused } from '../../src/node/jobs/coordinator.ts'
 import { planShards } from '../../src/node/jobs/split.ts'
 import { PeerDirectory } from '../../src/node/peer-directory.ts'
@@ -31,6 +32,8 @@ interface Pending {
   index: number
   signal: AbortSignal
   finish: (computeMs: number) => void
+  /** The peer refuses the copy: over its limit per coordinator. */
+  refuse: () => void
 }
 
 function double (task: ShardTask): Tensors {
@@ -65,7 +68,13 @@ function simulate (participants: Participant[], shardsPerPeer: number, localMs: 
   const send = async (peer: string, shard: OutgoingShard, signal: AbortSignal): Promise<ShardOutcome> =>
     await new Promise<ShardOutcome>((resolve, reject) => {
       const bytes = shard.task.inputs.x?.data.byteLength ?? 0
-      pending.push({ peer, index: shard.index, signal, finish: (computeMs) => { resolve({ partial: double(shard.task), computeMs, bytesOut: bytes, bytesIn: bytes }) } })
+      pending.push({
+        peer,
+        index: shard.index,
+        signal,
+        finish: (computeMs) => { resolve({ partial: double(shard.task), computeMs, bytesOut: bytes, bytesIn: bytes }) },
+        refuse: () => { reject(new RemoteShardError('ERR_PEER_OVER_LIMIT', 'this node already runs or queues 5 shards for you')) }
+      })
       signal.addEventListener('abort', () => { reject(signal.reason) })
     })
   const directory = new PeerDirectory({ expiryMs: 60_000 })
@@ -134,6 +143,34 @@ describe('job dispatch', () => {
     expect(frozen?.history.map(h => h.kind)).toEqual(['first', 'backup'])
     expect(frozen?.peer).not.toBe('c')
     expect(sim.pending.find(p => p.peer === 'c')?.signal.aborted).toBe(true)
+    sim.stop()
+  })
+
+  it('a peer over its limit is sent fewer shards at once, not dropped; at one at a time, a refusal counts as its failure', async () => {
+    const b: Participant = { ...participant('b', 1, 20_000), limit: 3 }
+    const sim = simulate([participant(SELF, 1, 20_000), b], 4, 100)
+    const first = sim.pending.filter(p => p.peer === 'b')
+    expect(first).toHaveLength(3)
+    first[0]?.refuse()
+    await vi.advanceTimersByTimeAsync(0)
+    expect(b.limit).toBe(2)
+    expect(b.excluded).toBe(false)
+    // The refused shard waits for b again: its other two copies still fill its limit.
+    expect(sim.pending.filter(p => p.peer === 'b' && !p.signal.aborted)).toHaveLength(3)
+    first[1]?.refuse()
+    await vi.advanceTimersByTimeAsync(0)
+    expect(b.limit).toBe(1)
+    const third = sim.pending.filter(p => p.peer === 'b').at(-1)
+    third?.refuse()
+    await vi.advanceTimersByTimeAsync(0)
+    expect(b.excluded).toBe(true)
+    // The rest runs: b's last copy finishes, the local worker takes what b was refused.
+    first[2]?.finish(100)
+    await vi.advanceTimersByTimeAsync(2000)
+    await sim.check()
+    const refusals = sim.job.shards.flatMap(s => s.history).filter(h => h.error !== undefined)
+    expect(refusals).toHaveLength(3)
+    for (const s of sim.job.shards) expect(s.state).toBe('done')
     sim.stop()
   })
 

@@ -4,6 +4,8 @@ import { getOperator } from '../../compute/operators/index.ts'
 import { requestBid } from '../../protocol/bid/index.ts'
 import { planShards, DEFAULT_SHARDS_PER_PEER } from './split.ts'
 import { linkAdjustedRate } from './links.ts'
+import { SESSION_MAX_PAYLOAD } from '../../protocol/shard/session.ts'
+import type { ShardSessions } from '../../protocol/shard/session.ts'
 import type { LinkMeter } from './links.ts'
 import { JobRun, MAX_INFLIGHT_PER_PEER, short } from './job-run.ts'
 import { ContentIndex, JobShares } from '../shared-content.ts'
@@ -11,7 +13,7 @@ import type { Job } from './job.ts'
 import type { Participant } from './job-run.ts'
 import type { SplitBid } from './split.ts'
 import type { ExecutorPool } from '../../compute/index.ts'
-import type { Tensors } from '../../compute/operators/types.ts'
+import type { CostModel, Tensors } from '../../compute/operators/types.ts'
 import type { BidAnswer, BidRequest } from '../../protocol/bid/index.ts'
 import type { WireLimits } from '../../protocol/limits.ts'
 import type { Logger } from '../log.ts'
@@ -20,6 +22,28 @@ import type { Libp2p } from '@libp2p/interface'
 import type { BlobStore } from '../blob-store.ts'
 import type { BulkServer } from '../../protocol/bulk/index.ts'
 
+
+/**
+ * Extra shards in flight per peer when every shard is small: a tiny shard's
+ * round trip (~2 ms to another process here) is many times its compute
+ * (~0.2 ms), so one queued shard leaves the peer idle most of the time.
+ * slots + 3, with RETRY_OVERCOMMIT's one more, is a peer's share per
+ * coordinator (slots + PEER_QUEUE_ALLOWANCE).
+ */
+export const SMALL_SHARD_EXTRA_INFLIGHT = 3
+
+/** Every shard's inputs and result fit a session frame: memory is no reason to hold back. */
+export function isSmallJob (cost: CostModel, shards: Array<{ start: number, end: number }>): boolean {
+  let units = 0
+  for (const s of shards) units = Math.max(units, s.end - s.start)
+  return units * (cost.bytesInPerUnit + cost.bytesOutPerUnit) <= SESSION_MAX_PAYLOAD
+}
+
+/** Shards a job keeps in flight on one peer: its slots, one more on the wire, more for small shards. */
+export function inflightLimit (slots: number, local: boolean, small: boolean): number {
+  if (small) return Math.min(slots + SMALL_SHARD_EXTRA_INFLIGHT, MAX_INFLIGHT_PER_PEER)
+  return Math.min(local ? slots : slots + 1, MAX_INFLIGHT_PER_PEER)
+}
 
 export interface CoordinatorComponents {
   libp2p: Libp2p
@@ -39,6 +63,8 @@ export interface CoordinatorComponents {
   bulk?: BulkServer
   /** A peer's bulk port from its advert: where to push to a peer we dialed. */
   bulkPortOf?: (peer: string) => number | undefined
+  /** One session stream per peer for small shards. */
+  sessions?: ShardSessions
 }
 
 /**
@@ -118,10 +144,11 @@ export class Coordinator {
         // A resumed job keeps its shards; whoever is free takes them.
         preferred = job.shards.map(() => '')
       }
+      const small = isSmallJob(plan.cost, job.shards)
       const participants: Participant[] = accepted.map(b => {
         const local = b.peer === this.selfId
         const slots = b.answer?.slots ?? 1
-        return { peer: b.peer, local, rate: b.answer?.unitsPerSecond ?? 1, slots, limit: Math.min(local ? slots : slots + 1, MAX_INFLIGHT_PER_PEER), inflight: 0, excluded: false }
+        return { peer: b.peer, local, rate: b.answer?.unitsPerSecond ?? 1, slots, limit: inflightLimit(slots, local, small), inflight: 0, excluded: false }
       })
       options.onPlanned?.(job)
       job.progressed()

@@ -1,6 +1,7 @@
 import { peerIdFromString } from '@libp2p/peer-id'
 import { TensormeshError, errorCode, errorMessage } from '../../errors.ts'
-import { sendShard } from '../../protocol/shard/index.ts'
+import { RemoteShardError, sendShard } from '../../protocol/shard/index.ts'
+import type { ShardSessions } from '../../protocol/shard/session.ts'
 import type { OutgoingShard, RefPublisher, ShardOutcome } from '../../protocol/shard/index.ts'
 import type { BulkServer } from '../../protocol/bulk/index.ts'
 import { peerText } from '../../protocol/sanitize.ts'
@@ -127,6 +128,8 @@ export interface JobRunComponents {
   bulk?: BulkServer
   /** A peer's bulk port from its advert: where to push to a peer we dialed. */
   bulkPortOf?: (peer: string) => number | undefined
+  /** One session stream per peer for small shards. */
+  sessions?: ShardSessions
   /** How a shard reaches a remote peer; `/tensormesh/shard/1.0.0` unless a test stands in for the network. */
   send?: (peer: string, shard: OutgoingShard, signal: AbortSignal) => Promise<ShardOutcome>
 }
@@ -409,7 +412,7 @@ export class JobRun {
     const attemptNo = rec.attempts
     const work = p.local
       ? this.c.pool.run(task, { signal, transfer: false }).then(out => ({ ...out, bytesIn: 0, bytesOut: 0 }))
-      : this.send(p.peer, { jobId: this.i.job.id, index, attempt: attemptNo, start: rec.start, end: rec.end, task }, signal)
+      : this.send(p.peer, { jobId: this.i.job.id, index, attempt: attemptNo, start: rec.start, end: rec.end, task, resultBytes: units * plan.cost.bytesOutPerUnit }, signal)
 
     work.then(outcome => {
       attempt.ms = Math.round(performance.now() - copy.startedAt)
@@ -432,7 +435,7 @@ export class JobRun {
 
   private async send (peer: string, shard: OutgoingShard, signal: AbortSignal): Promise<ShardOutcome> {
     if (this.c.send !== undefined) return await this.c.send(peer, shard, signal)
-    return await sendShard(this.c.libp2p, peerIdFromString(peer), shard, signal, { limits: this.i.limits, publisher: this.c.shares, bulk: this.c.bulk, bulkPortOf: this.c.bulkPortOf })
+    return await sendShard(this.c.libp2p, peerIdFromString(peer), shard, signal, { limits: this.i.limits, publisher: this.c.shares, bulk: this.c.bulk, bulkPortOf: this.c.bulkPortOf, sessions: this.c.sessions })
   }
 
   private settleCopy (run: ShardRun, copy: Copy, then: () => void): void {
@@ -449,6 +452,15 @@ export class JobRun {
     copy.attempt.error = { code: errorCode(err), message: peerText(errorMessage(err)) }
     if (run.done) return // a losing backup, cancelled
     if (copy.attempt.error.code === 'ERR_SUPERSEDED') return
+    if (err instanceof RemoteShardError && err.remoteCode === 'ERR_PEER_OVER_LIMIT' && p.limit > 1) {
+      // The peer is full of other coordinators' shards, or of our other jobs':
+      // a refusal, not a fault. Send it fewer at once; at one, it counts as a failure.
+      p.limit--
+      run.ran.delete(p.peer)
+      this.c.log.debug({ job: this.i.job.id, shard: run.rec.index, peer: p.peer, limit: p.limit }, 'peer over its limit, sending it fewer shards at once')
+      this.topUp(run, true)
+      return
+    }
     run.failures++
     run.causes.push(`attempt on ${short(p.peer)}: ${copy.attempt.error.code} ${copy.attempt.error.message}`)
     // The peer that failed gets no more of this job's shards.
