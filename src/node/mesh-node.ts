@@ -101,6 +101,8 @@ export interface NodeInfo {
   blobBytesFetched: number
   /** The bulk channel (large tensors beside libp2p), or null when disabled. */
   bulk: { port: number, bytesServed: number, transfers: number, bytesPushed: number, bytesReceived: number } | null
+  /** Small shards this node sent as coordinator on session streams, the sessions open now, and shards that fell back to a stream of their own; null when sessions are off. */
+  shardSessions: { open: number, shards: number, fallbacks: number } | null
   /** Whether peers can dial this node ("private": behind NAT or a firewall), and the relay it holds a slot on. */
   reachability: ReachabilityInfo['reachability']
   relay: ReachabilityInfo['relay']
@@ -433,6 +435,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
       distrusted: this.jobManager?.distrusted() ?? [],
       blobBytesFetched: this.fetcher?.fetchedBytes ?? 0,
       bulk: this.bulk === undefined ? null : { port: this.bulk.port, bytesServed: this.bulk.bytesServed, transfers: this.bulk.transfers, bytesPushed: this.bulk.bytesPushed, bytesReceived: this.bulk.bytesReceived },
+      shardSessions: this.sessions?.stats() ?? null,
       ...this.reachabilityInfo(),
       links: this.jobManager?.links.snapshot() ?? {},
       servingShards: this.jobManager?.servingShards ?? 0,

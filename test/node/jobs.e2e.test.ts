@@ -73,6 +73,27 @@ describe('jobs on a three-node mesh', () => {
     expect(max.data[0]).toBe((await load(dir, 'max')).data[0])
   })
 
+  it('sends tiny shards on one session per peer and reuses a fresh acceptance for the next tiny job', async () => {
+    const x = await load(dir, 'x')
+    const params = { ops: [{ op: 'mul', value: 2 }, { op: 'add', value: 0.5 }, { op: 'relu' }, { op: 'tanh' }] }
+    const before = a.info().shardSessions?.shards ?? 0
+    const first = a.submit({ op: 'map', inputs: { x }, params, schedule: { shardsPerPeer: 4 } })
+    expect(relError((await first.result()).data, (await load(dir, 'map')).data)).toBeLessThan(1e-5)
+    const second = a.submit({ op: 'map', inputs: { x }, params, schedule: { shardsPerPeer: 4 } })
+    expect(relError((await second.result()).data, (await load(dir, 'map')).data)).toBeLessThan(1e-5)
+    const remote = (j: typeof first): number => j.shards.filter(s => s.peer !== a.peerId.toString()).length
+    expect(remote(first) + remote(second)).toBeGreaterThan(0)
+    const info = a.info().shardSessions
+    // Every remote shard of both jobs went on a session; none fell back to a stream.
+    expect((info?.shards ?? 0) - before).toBe(remote(first) + remote(second))
+    expect(info?.fallbacks).toBe(0)
+    expect(info?.open).toBeGreaterThan(0)
+    // The peers' acceptances of the first job stood in for the second job's bid round.
+    const peerBids = second.bids.filter(b => b.peer !== a.peerId.toString())
+    expect(peerBids.length).toBe(2)
+    for (const b of peerBids) expect(b).toMatchObject({ accept: true, cached: true })
+  })
+
   it('refuses bad jobs before any shard starts, with codes that name the problem', async () => {
     const good = await load(dir, 'a')
     const cases: Array<[Parameters<MeshNode['submit']>[0], string, RegExp]> = [

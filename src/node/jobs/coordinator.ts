@@ -33,10 +33,44 @@ import type { BulkServer } from '../../protocol/bulk/index.ts'
 export const SMALL_SHARD_EXTRA_INFLIGHT = 3
 
 /** Every shard's inputs and result fit a session frame: memory is no reason to hold back. */
-export function isSmallJob (cost: CostModel, shards: Array<{ start: number, end: number }>): boolean {
+export function isSmallJob (cost: CostModel, shards: Array<{ start: number, end: number }>, fixedBytes = 0): boolean {
   let units = 0
   for (const s of shards) units = Math.max(units, s.end - s.start)
-  return units * (cost.bytesInPerUnit + cost.bytesOutPerUnit) <= SESSION_MAX_PAYLOAD
+  return units * (cost.bytesInPerUnit + cost.bytesOutPerUnit) + fixedBytes <= SESSION_MAX_PAYLOAD
+}
+
+/** How long a peer's acceptance stands in for a new bid round of a small job. */
+export const BID_CACHE_MS = 5_000
+
+/**
+ * Peers' last answers to calls for bids, for small jobs. An acceptance is
+ * reused for a job of the same operator whose smallest shard needs no more
+ * bytes than the accepted one did and whose work per unit is known to the
+ * accepted rate (scaled by flops per unit), within BID_CACHE_MS. A decline,
+ * an error or anything else means a real call for bids: the peer's own word
+ * decides, as it would without the cache. A wrong guess costs little: a
+ * peer that turned busy refuses the shard (fewer are sent to it), and a peer
+ * that went away fails it like any other (it runs elsewhere).
+ */
+export class BidCache {
+  private readonly answers = new Map<string, { op: string, smallest: number, flopsPerUnit: number, answer: BidAnswer, at: number }>()
+
+  record (peer: string, req: BidRequest, answer: BidAnswer, now: number): void {
+    if (!answer.accept) { this.answers.delete(peer); return }
+    this.answers.set(peer, { op: req.op, smallest: req.bytesInFixed + req.bytesInPerUnit, flopsPerUnit: Math.max(req.flopsPerUnit, 1e3), answer, at: now })
+  }
+
+  reuse (peer: string, req: BidRequest, now: number): BidAnswer | undefined {
+    const e = this.answers.get(peer)
+    if (e === undefined || e.op !== req.op || now - e.at > BID_CACHE_MS || req.bytesInFixed + req.bytesInPerUnit > e.smallest) return undefined
+    // The peer's rate in flops, as it bid it, applied to this job's units.
+    const unitsPerSecond = e.answer.unitsPerSecond * e.flopsPerUnit / Math.max(req.flopsPerUnit, 1e3)
+    return { ...e.answer, units: req.units, unitsPerSecond }
+  }
+
+  forget (peer: string): void {
+    this.answers.delete(peer)
+  }
 }
 
 /** Shards a job keeps in flight on one peer: its slots, one more on the wire, more for small shards. */
@@ -98,6 +132,7 @@ export class Coordinator {
   private readonly init: CoordinatorInit
   /** Shared inputs' bytes and CIDs, across this node's jobs (training rounds reuse their data). */
   private readonly content = new ContentIndex()
+  private readonly bidCache = new BidCache()
 
   constructor (components: CoordinatorComponents, init: CoordinatorInit) {
     this.c = components
@@ -178,10 +213,19 @@ export class Coordinator {
     const candidates = this.c.directory.list()
       .map(e => e.capacity)
       .filter(c => c.operators.includes(job.op) && c.slots > 0 && !this.c.distrusted(c.peerId))
+    // A small job reuses a peer's fresh acceptance of the same kind of job: its bid
+    // round would cost more than the job. Declines and unknown peers are asked again.
+    const small = isSmallJob(plan.cost, [{ start: 0, end: plan.units }], plan.cost.bytesInFixed)
+    const now = Date.now()
     const remote = await Promise.all(candidates.map(async c => {
+      const cached = small ? this.bidCache.reuse(c.peerId, req, now) : undefined
+      if (cached !== undefined) return { peer: c.peerId, answer: { ...cached, startDelayMs: c.slots > 0 ? (c.queued / c.slots) * 1000 : 0 }, cached: true }
       try {
-        return { peer: c.peerId, answer: await requestBid(this.c.libp2p, peerIdFromString(c.peerId), req, job.controller.signal) }
+        const answer = await requestBid(this.c.libp2p, peerIdFromString(c.peerId), req, job.controller.signal)
+        this.bidCache.record(c.peerId, req, answer, Date.now())
+        return { peer: c.peerId, answer }
       } catch (err) {
+        this.bidCache.forget(c.peerId)
         return { peer: c.peerId, error: errorMessage(err) }
       }
     }))
@@ -190,6 +234,7 @@ export class Coordinator {
     job.bids = all.map(b => ({
       peer: b.peer,
       accept: b.answer?.accept === true,
+      ...('cached' in b && b.cached === true ? { cached: true } : {}),
       ...(b.answer?.accept === true ? { unitsPerSecond: b.answer.unitsPerSecond } : { reason: b.answer?.reason ?? `no answer: ${'error' in b ? String(b.error) : ''}` })
     }))
     return all

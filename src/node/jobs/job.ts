@@ -72,6 +72,8 @@ export interface BidRecord {
   peer: string
   accept: boolean
   unitsPerSecond?: number
+  /** The acceptance is the peer's answer to an earlier small job, reused (BidCache): no call for bids went out. */
+  cached?: boolean
   /** Why it declined or gave no answer. */
   reason?: string
   /** Accepting peers: shards the split cut for it (absent for a job resumed with its old split). */

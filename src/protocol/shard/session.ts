@@ -401,6 +401,8 @@ export class ShardSessions {
   /** Jobs whose results came back too large for a frame. */
   private readonly largeResults = new Set<string>()
   private stopped = false
+  private shards = 0
+  private fallbacks = 0
 
   private readonly libp2p: Libp2p
   private readonly limits: WireLimits
@@ -425,14 +427,23 @@ export class ShardSessions {
     if (err instanceof RemoteShardError && err.remoteCode === 'ERR_SESSION_RESULT_TOO_LARGE') {
       if (this.largeResults.size >= MAX_REMEMBERED_JOBS) this.largeResults.clear()
       this.largeResults.add(shard.jobId)
+      this.fallbacks++
       return true
     }
-    return errorCode(err) === 'ERR_SESSION_UNAVAILABLE'
+    if (errorCode(err) !== 'ERR_SESSION_UNAVAILABLE') return false
+    this.fallbacks++
+    return true
   }
 
   async send (peer: PeerId, shard: OutgoingShard, refs: ContentRef[], blobs: ContentRef[], inline: Tensors, signal: AbortSignal): Promise<ShardOutcome> {
     const session = await this.session(peer, signal)
+    this.shards++
     return await session.request(shard, refs, blobs, inline, signal)
+  }
+
+  /** Sessions open now, shards sent on sessions, and shards that fell back to a stream of their own. */
+  stats (): { open: number, shards: number, fallbacks: number } {
+    return { open: this.sessions.size, shards: this.shards, fallbacks: this.fallbacks }
   }
 
   /** Closes every session; shards in flight on them fail with ERR_SESSION_CLOSED. */
