@@ -129,7 +129,8 @@ Give every node of the mesh the same file: tensormesh start --swarm-key FILE.`,
   --nodes N            number of daemons (1..64)
   --data-dir DIR       parent folder for the nodes' data (default: a fresh temp folder, removed on exit)
   --backend NAME       compute backend for every node (default auto)
-  --workers N          worker threads per node (default: one per core)
+  --workers N          worker threads per node (default: the machine's cores shared among the
+                       nodes, at least one each)
   --advert-interval MS capacity advert period in ms (default 2000)
   --log-level LEVEL    the daemons' log level (default warn)
   --json               print one JSON line {nodes: [{peerId, api, pid, multiaddrs, token}]} once the mesh is formed

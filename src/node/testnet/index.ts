@@ -116,7 +116,11 @@ export async function runTestnet (init: TestnetInit): Promise<number | undefined
       '--data-dir', join(base, `node-${index}`), '--log-level', init.logLevel, '--swarm-key', swarmKey]
     for (const b of bootstrap) args.push('--bootstrap', b)
     if (init.backend !== undefined) args.push('--backend', init.backend)
-    if (init.workers !== undefined) args.push('--workers', String(init.workers))
+    // Nodes of one machine share its cores: more workers than cores only adds
+    // start-up (each worker loads TF.js and calibrates: ~0.5 CPU-s) and contention.
+    // Pinned nodes (--cpus) see one core each and take one worker anyway.
+    const workers = init.workers ?? (taskset === undefined ? Math.max(1, Math.floor(cpus.length / init.nodes)) : undefined)
+    if (workers !== undefined) args.push('--workers', String(workers))
     if (init.advertIntervalMs !== undefined) args.push('--advert-interval', String(init.advertIntervalMs))
     for (const fault of init.inject?.get(index) ?? []) args.push('--inject', fault)
     // `ip netns exec NS` and `taskset -c K` each exec the next word in place: the pid we get is the node's, and its IPC fd survives.
