@@ -1,8 +1,12 @@
 // The raw-TCP baseline's other process: reads N bytes from one connection,
 // then answers one byte, so the sender times the whole transfer. With
 // `--store` it copies them into a fresh buffer as a received tensor would be
-// (a fresh 256 MiB buffer costs a page fault per 4 KiB page on first write).
+// (a fresh 256 MiB buffer costs a page fault per 4 KiB page on first write);
+// with `--reuse` as well, every transfer after the first stores into the
+// same buffer, whose pages are already mapped.
 import { createServer } from 'node:net'
+
+let kept: Buffer | undefined
 
 const server = createServer((socket) => {
   let expected = -1
@@ -14,7 +18,10 @@ const server = createServer((socket) => {
       header = Buffer.concat([header, chunk])
       if (header.length < 8) return
       expected = Number(header.readBigUInt64LE(0))
-      if (process.argv.includes('--store')) store = Buffer.allocUnsafeSlow(expected)
+      if (process.argv.includes('--store')) {
+        store = process.argv.includes('--reuse') && kept !== undefined && kept.length >= expected ? kept : Buffer.allocUnsafeSlow(expected)
+        kept = store
+      }
       store?.set(header.subarray(8), 0)
       seen = header.length - 8
     } else {
