@@ -14,6 +14,7 @@ import { preSharedKey } from '@libp2p/pnet'
 import { circuitRelayServer, circuitRelayTransport } from '@libp2p/circuit-relay-v2'
 import { ExecutorPool } from '../compute/index.ts'
 import { InvalidInputError, NotFoundError, errorMessage } from '../errors.ts'
+import { decodeNpy } from '../compute/npy.ts'
 import { registerBidHandler, BID_PROTOCOL } from '../protocol/bid/index.ts'
 import { CapacityService, capacityScoreParams, capacityScoreThresholds } from '../protocol/capacity/index.ts'
 import { DEFAULT_WIRE_LIMITS } from '../protocol/limits.ts'
@@ -33,6 +34,8 @@ import { reachability } from './reachability.ts'
 import type { ReachabilityInfo, ReachabilityService } from './reachability.ts'
 import type { CircuitRelayService } from '@libp2p/circuit-relay-v2'
 import type { Tensors } from '../compute/operators/types.ts'
+import type { HostTensor } from '../compute/tensor.ts'
+import type { InputRef } from './api/job-request.ts'
 import type { IncomingShard, ShardTransport } from '../protocol/shard/index.ts'
 import { ApiServer } from './api/server.ts'
 import { loadOrCreateKey, prepareDataDir } from './keys.ts'
@@ -400,6 +403,29 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
     if (!ask) throw new NotFoundError(`no blob ${cid} on this node`, 'ERR_BLOB_NOT_FOUND')
     const peers = this.libp2p.getConnections().map(c => c.remotePeer)
     return await this.fetcher.get(cid, peers)
+  }
+
+  /**
+   * A job input named by reference (a pipeline): `{job}` is a job of this
+   * node's that succeeded, its result used as is (it never went back to a
+   * client); `{cid}` a stored .npy, from this node's store or a peer's.
+   */
+  async resolveInput (name: string, ref: InputRef): Promise<HostTensor> {
+    if ('job' in ref) {
+      const job = this.jobManager?.list().find(j => j.id === ref.job)
+      if (job === undefined) throw new NotFoundError(`input ${name}: no job ${ref.job.slice(0, 64)} on this node (a pipeline's steps run on one node)`, 'ERR_JOB_NOT_FOUND')
+      if (job.state !== 'succeeded') throw new InvalidInputError(`input ${name}: job ${job.id} is ${job.state}; an input names a job that has succeeded`, 'ERR_INPUT_NOT_READY')
+      if (job.op === 'train') throw new InvalidInputError(`input ${name}: job ${job.id} trained a model; its result is a model, not a tensor (GET /v1/jobs/${job.id}/model)`, 'ERR_BAD_SPEC')
+      return await job.result()
+    }
+    let bytes: Uint8Array
+    try {
+      bytes = await this.resolveBlob(ref.cid)
+    } catch (err) {
+      if (err instanceof InvalidInputError) throw new InvalidInputError(`input ${name}: ${err.message}`, err.code, { cause: err })
+      throw new NotFoundError(`input ${name}: blob ${ref.cid.slice(0, 128)} is on neither this node nor a peer that would give it: ${errorMessage(err)}`, 'ERR_BLOB_NOT_FOUND')
+    }
+    return decodeNpy(bytes, name, { maxTensorBytes: this.limits.maxTensorBytes })
   }
 
   /** Keeps bytes in this node's blob store (on disk) and returns their CID. */

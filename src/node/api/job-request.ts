@@ -72,6 +72,40 @@ function inlineTensor (name: string, value: unknown): Tensors[string] {
 /** Finds a blob by CID for a job that names one (this node's store, else its peers). */
 export type BlobResolver = (cid: string) => Promise<Uint8Array>
 
+/** A job input named instead of sent: an earlier job's result, or a stored .npy by CID. */
+export type InputRef = { job: string } | { cid: string }
+
+/** Turns an input reference into its tensor (a pipeline's earlier step, a stored blob). */
+export type InputResolver = (name: string, ref: InputRef) => Promise<Tensors[string]>
+
+const NO_REFS: InputResolver = async (name) => {
+  throw new InvalidInputError(`input ${name}: this endpoint takes no input references`, 'ERR_BAD_SPEC')
+}
+
+/** An input given as {"job": ID} or {"cid": CID}; undefined when it is a tensor. */
+function inputRef (name: string, value: unknown): InputRef | undefined {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) return undefined
+  const v = value as Record<string, unknown>
+  if (!('job' in v) && !('cid' in v)) return undefined
+  const keys = Object.keys(v)
+  if (keys.length !== 1) throw new InvalidInputError(`input ${name}: a reference is {"job": ID} or {"cid": CID}, nothing else (got ${keys.slice(0, 4).join(', ')})`, 'ERR_BAD_SPEC')
+  if (typeof v.job === 'string' && v.job.length > 0 && v.job.length <= 64) return { job: v.job }
+  if (typeof v.cid === 'string' && v.cid.length > 0 && v.cid.length <= 128) return { cid: v.cid }
+  throw new InvalidInputError(`input ${name}: {"job"} takes a job id and {"cid"} a CID, as strings`, 'ERR_BAD_SPEC')
+}
+
+/** A spec's input references (multipart: in the spec part's "inputs"), resolved. */
+async function resolveRefs (value: unknown, resolveInput: InputResolver, inputs: Tensors): Promise<void> {
+  if (value === undefined) return
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new InvalidInputError('job spec "inputs" must be an object of named inputs', 'ERR_BAD_SPEC')
+  for (const [name, v] of Object.entries(value)) {
+    if (!isInputName(name)) throw new InvalidInputError(`input name "${name.slice(0, 64)}" is not an identifier`, 'ERR_BAD_SPEC')
+    const ref = inputRef(name, v)
+    if (ref === undefined) throw new InvalidInputError(`input ${name}: the spec part names inputs only as {"job": ID} or {"cid": CID}; tensors go as .npy parts`, 'ERR_BAD_SPEC')
+    inputs[name] = await resolveInput(name, ref)
+  }
+}
+
 /** The optional parts of a spec besides op, params and inputs. */
 function extras (value: Record<string, unknown>): Pick<JobSpec, 'verify' | 'schedule'> {
   const out: Pick<JobSpec, 'verify' | 'schedule'> = {}
@@ -90,7 +124,7 @@ async function blobRefs (value: unknown, resolve: BlobResolver, blobs: Record<st
   }
 }
 
-export async function readJobRequest (req: IncomingMessage, maxTensorBytes: number, resolve: BlobResolver): Promise<JobSpec> {
+export async function readJobRequest (req: IncomingMessage, maxTensorBytes: number, resolve: BlobResolver, resolveInput: InputResolver = NO_REFS): Promise<JobSpec> {
   const type = (req.headers['content-type'] ?? '').toLowerCase()
   const declared = Number(req.headers['content-length'] ?? NaN)
   const isJson = type.startsWith('application/json')
@@ -115,7 +149,8 @@ export async function readJobRequest (req: IncomingMessage, maxTensorBytes: numb
     const inputs: Tensors = {}
     for (const [name, t] of Object.entries(rawInputs)) {
       if (!isInputName(name)) throw new InvalidInputError(`input name "${name.slice(0, 64)}" is not an identifier`, 'ERR_BAD_SPEC')
-      inputs[name] = inlineTensor(name, t)
+      const ref = inputRef(name, t)
+      inputs[name] = ref === undefined ? inlineTensor(name, t) : await resolveInput(name, ref)
     }
     const blobs: Record<string, Uint8Array> = {}
     await blobRefs((value as { blobs?: unknown }).blobs, resolve, blobs)
@@ -141,6 +176,7 @@ export async function readJobRequest (req: IncomingMessage, maxTensorBytes: numb
   const inputs: Tensors = {}
   const blobs: Record<string, Uint8Array> = {}
   await blobRefs((specValue as { blobs?: unknown }).blobs, resolve, blobs)
+  await resolveRefs((specValue as { inputs?: unknown }).inputs, resolveInput, inputs)
   for (const [name, part] of form.entries()) {
     if (name === 'spec') continue
     // A part named blob.NAME carries opaque bytes (a packed model), not a tensor.
@@ -148,6 +184,7 @@ export async function readJobRequest (req: IncomingMessage, maxTensorBytes: numb
     const key = blob ?? name
     if (!isInputName(key)) throw new InvalidInputError(`part name "${name.slice(0, 64)}" is not an identifier`, 'ERR_BAD_SPEC')
     if (typeof part === 'string') throw new InvalidInputError(`part ${name} must be a file part, not a text field`, 'ERR_BAD_SPEC')
+    if (blob === undefined && Object.hasOwn(inputs, key)) throw new InvalidInputError(`input ${key} is both a part and a reference in the spec`, 'ERR_BAD_SPEC')
     if (blob !== undefined) blobs[key] = new Uint8Array(await part.arrayBuffer())
     else inputs[key] = decodeNpy(new Uint8Array(await part.arrayBuffer()), key, { maxTensorBytes })
   }

@@ -85,7 +85,7 @@ export class ApiServer {
       const spec = await readJobRequest(req, this.node.limits.maxTensorBytes, async (cid) => {
         blobCids.push(cid)
         return await this.node.resolveBlob(cid)
-      })
+      }, async (name, ref) => await this.node.resolveInput(name, ref))
       const job = this.node.submit(spec, { blobCids })
       sendJson(res, 202, job.toJSON())
     })

@@ -7,16 +7,62 @@ import { describe } from '../../compute/tensor.ts'
 import { MeshClient } from '../client/index.ts'
 import type { JobView } from '../jobs/job.ts'
 
-/** A job file: {"op": NAME, "inputs": {NAME: "path.npy"}, "params": {...}}, paths relative to the file. */
+/**
+ * An input of a job file: a .npy path (relative to the file), an earlier
+ * job's result ({"job": ID}, or {"job": "$N"} for step N of the same
+ * pipeline file), or a stored .npy by CID ({"cid": CID}).
+ */
+export type JobInput = string | { job: string } | { cid: string }
+
+/** A job file: {"op": NAME, "inputs": {NAME: INPUT}, "params": {...}}, paths relative to the file. */
 export interface JobFile {
   op: string
-  inputs: Record<string, string>
+  inputs: Record<string, JobInput>
   params: Record<string, unknown>
   verify?: unknown
   schedule?: unknown
 }
 
+/** Whether a job file input is a reference, and which; throws on a malformed one. */
+function checkInput (path: string, name: string, value: unknown): JobInput {
+  if (typeof value === 'string') return value
+  const v = value as Record<string, unknown> | null
+  if (v !== null && typeof v === 'object' && !Array.isArray(v) && Object.keys(v).length === 1) {
+    if (typeof v.job === 'string' && v.job !== '') return { job: v.job }
+    if (typeof v.cid === 'string' && v.cid !== '') return { cid: v.cid }
+  }
+  throw new InvalidInputError(`job file ${path}: input ${name} must be a .npy path, {"job": ID} or {"cid": CID}`, 'ERR_JOB_FILE')
+}
+
+/**
+ * A job file, or a pipeline: a JSON array of job objects run in order, where
+ * step k may name step N's result (N < k) as {"job": "$N"}. The steps run
+ * on the node the file is submitted to; only the last result comes back.
+ */
+export async function readPipeline (path: string): Promise<JobFile[]> {
+  const value = await readJson(path)
+  const steps = Array.isArray(value) ? value : [value]
+  if (steps.length === 0) throw new InvalidInputError(`job file ${path} is an empty pipeline`, 'ERR_JOB_FILE')
+  return steps.map((step, k) => {
+    const where = steps.length > 1 ? `${path} (step ${k})` : path
+    const file = checkJobFile(where, step)
+    for (const [name, input] of Object.entries(file.inputs)) {
+      if (typeof input === 'object' && 'job' in input && input.job.startsWith('$')) {
+        const n = Number(input.job.slice(1))
+        if (!Number.isInteger(n) || n < 0 || n >= k) throw new InvalidInputError(`job file ${where}: input ${name} names step ${input.job}; a step names an earlier one, $0..$${k - 1}`, 'ERR_JOB_FILE')
+      }
+    }
+    return file
+  })
+}
+
 export async function readJobFile (path: string): Promise<JobFile> {
+  const value = await readJson(path)
+  if (Array.isArray(value)) throw new InvalidInputError(`job file ${path} is a pipeline (an array of jobs); submit it with tensormesh submit`, 'ERR_JOB_FILE')
+  return checkJobFile(path, value)
+}
+
+async function readJson (path: string): Promise<unknown> {
   let text: string
   try {
     text = await readFile(path, 'utf8')
@@ -29,29 +75,39 @@ export async function readJobFile (path: string): Promise<JobFile> {
   } catch (err) {
     throw new InvalidInputError(`job file ${path} is not valid JSON: ${errorMessage(err)}`, 'ERR_JOB_FILE')
   }
+  return value
+}
+
+function checkJobFile (path: string, value: unknown): JobFile {
   const v = value as Record<string, unknown> | null
   if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new InvalidInputError(`job file ${path} must hold a JSON object {"op", "inputs", "params"}`, 'ERR_JOB_FILE')
   if (typeof v.op !== 'string') throw new InvalidInputError(`job file ${path}: "op" must be an operator name`, 'ERR_JOB_FILE')
-  const inputs = v.inputs ?? {}
-  if (inputs === null || typeof inputs !== 'object' || Array.isArray(inputs) || !Object.values(inputs).every(p => typeof p === 'string')) {
-    throw new InvalidInputError(`job file ${path}: "inputs" must map input names to .npy paths`, 'ERR_JOB_FILE')
+  const rawInputs = v.inputs ?? {}
+  if (rawInputs === null || typeof rawInputs !== 'object' || Array.isArray(rawInputs)) {
+    throw new InvalidInputError(`job file ${path}: "inputs" must map input names to .npy paths (or {"job": ID}, {"cid": CID})`, 'ERR_JOB_FILE')
   }
+  const inputs = Object.fromEntries(Object.entries(rawInputs).map(([name, input]) => [name, checkInput(path, name, input)]))
   const params = v.params ?? {}
   if (params === null || typeof params !== 'object' || Array.isArray(params)) throw new InvalidInputError(`job file ${path}: "params" must be an object`, 'ERR_JOB_FILE')
   const known = new Set(['op', 'inputs', 'params', 'verify', 'schedule'])
   const extra = Object.keys(v).filter(k => !known.has(k))
   if (extra.length > 0) throw new InvalidInputError(`job file ${path}: unknown field ${extra.map(k => `"${k}"`).join(', ')}; allowed: ${[...known].join(', ')}`, 'ERR_JOB_FILE')
-  const file: JobFile = { op: v.op, inputs: inputs as Record<string, string>, params: params as Record<string, unknown> }
+  const file: JobFile = { op: v.op, inputs, params: params as Record<string, unknown> }
   if (v.verify !== undefined) file.verify = v.verify
   if (v.schedule !== undefined) file.schedule = v.schedule
   return file
 }
 
-/** Builds the multipart body of POST /v1/jobs from a job file; inputs are checked here first. */
-export async function jobForm (path: string, job: JobFile): Promise<FormData> {
+/**
+ * Builds the multipart body of POST /v1/jobs from a job file; inputs are
+ * checked here first. `steps` are the ids of a pipeline's earlier steps,
+ * for its {"job": "$N"} inputs.
+ */
+export async function jobForm (path: string, job: JobFile, steps: string[] = []): Promise<FormData> {
   const form = new FormData()
   const params = { ...job.params }
   const spec: Record<string, unknown> = { op: job.op, params }
+  const refs: Record<string, { job: string } | { cid: string }> = {}
   if (job.verify !== undefined) spec.verify = job.verify
   if (job.schedule !== undefined) spec.schedule = job.schedule
   // params.model names a TF.js model: a CID the mesh has, or a model.json path packed and sent along.
@@ -65,8 +121,14 @@ export async function jobForm (path: string, job: JobFile): Promise<FormData> {
       form.set('blob.model', new Blob([packModel(artifacts) as Uint8Array<ArrayBuffer>]), 'model.tmmodel')
     }
   }
+  for (const [name, input] of Object.entries(job.inputs)) {
+    if (typeof input === 'string') continue
+    refs[name] = 'job' in input && input.job.startsWith('$') ? { job: steps[Number(input.job.slice(1))] ?? input.job } : input
+  }
+  if (Object.keys(refs).length > 0) spec.inputs = refs
   form.set('spec', JSON.stringify(spec))
   for (const [name, rel] of Object.entries(job.inputs)) {
+    if (typeof rel !== 'string') continue
     const file = resolve(dirname(path), rel)
     let bytes: Uint8Array
     try {
@@ -107,8 +169,22 @@ export interface SubmitOptions {
 /** `tensormesh submit`: upload, follow, write the result, print the record. Returns the exit code. */
 export async function submitCommand (opts: SubmitOptions): Promise<number> {
   const client = new MeshClient(opts.api, { token: opts.token })
-  const file = await readJobFile(opts.file)
-  const submitted = await client.submitForm(await jobForm(opts.file, file))
+  const steps = await readPipeline(opts.file)
+  const ids: string[] = []
+  // A pipeline's earlier steps: each must succeed before the next names its result.
+  for (const [k, step] of steps.slice(0, -1).entries()) {
+    const earlier = await client.submitForm(await jobForm(opts.file, step, ids))
+    const done = await earlier.wait()
+    if (!opts.json) process.stderr.write(`step ${k}: job ${done.id} ${done.state}\n`)
+    if (done.state !== 'succeeded') {
+      if (opts.json) process.stdout.write(JSON.stringify({ id: done.id, state: done.state, step: k, ...(done.error !== undefined ? { error: done.error } : {}) }) + '\n')
+      else printSummary(done)
+      return 1
+    }
+    ids.push(done.id)
+  }
+  const file = steps.at(-1) as JobFile
+  const submitted = await client.submitForm(await jobForm(opts.file, file, ids))
   const tty = process.stderr.isTTY && !opts.json
   let lastPlain = -1
   const job = await submitted.wait((j) => {
