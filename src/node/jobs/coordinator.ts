@@ -4,6 +4,7 @@ import { getOperator } from '../../compute/operators/index.ts'
 import { requestBid } from '../../protocol/bid/index.ts'
 import { planShards, DEFAULT_SHARDS_PER_PEER } from './split.ts'
 import { linkAdjustedRate } from './links.ts'
+import { BID_OVERSAMPLE, BID_ROUNDS, bidOrder, nextRound, wantedPeers } from './bid-sample.ts'
 import { SESSION_MAX_PAYLOAD } from '../../protocol/shard/session.ts'
 import type { ShardSessions } from '../../protocol/shard/session.ts'
 import type { LinkMeter } from './links.ts'
@@ -37,6 +38,13 @@ export function isSmallJob (cost: CostModel, shards: Array<{ start: number, end:
   let units = 0
   for (const s of shards) units = Math.max(units, s.end - s.start)
   return units * (cost.bytesInPerUnit + cost.bytesOutPerUnit) + fixedBytes <= SESSION_MAX_PAYLOAD
+}
+
+/** A job's bid sample draws from a seed of its id: the same job asks the same peers first. */
+function seedOf (id: string): number {
+  let h = 2166136261
+  for (let i = 0; i < id.length; i++) h = Math.imul(h ^ id.charCodeAt(i), 16777619)
+  return h >>> 0
 }
 
 /** How long a peer's acceptance stands in for a new bid round of a small job. */
@@ -217,7 +225,7 @@ export class Coordinator {
     // round would cost more than the job. Declines and unknown peers are asked again.
     const small = isSmallJob(plan.cost, [{ start: 0, end: plan.units }], plan.cost.bytesInFixed)
     const now = Date.now()
-    const remote = await Promise.all(candidates.map(async c => {
+    const ask = async (c: typeof candidates[number]): Promise<{ peer: string, answer?: BidAnswer, error?: string, cached?: boolean }> => {
       const cached = small ? this.bidCache.reuse(c.peerId, req, now) : undefined
       if (cached !== undefined) return { peer: c.peerId, answer: { ...cached, startDelayMs: c.slots > 0 ? (c.queued / c.slots) * 1000 : 0 }, cached: true }
       try {
@@ -228,7 +236,19 @@ export class Coordinator {
         this.bidCache.forget(c.peerId)
         return { peer: c.peerId, error: errorMessage(err) }
       }
-    }))
+    }
+    // A sample sized by the job, widened while too few accept (bid-sample.ts).
+    const wanted = wantedPeers(plan.units)
+    const order = bidOrder(candidates, seedOf(job.id))
+    const asked = new Set<string>()
+    const remote: Array<Awaited<ReturnType<typeof ask>>> = []
+    for (let round = 0; round < BID_ROUNDS && asked.size < order.length; round++) {
+      const accepted = remote.filter(b => b.answer?.accept === true).length + 1
+      if (round > 0 && accepted >= wanted) break
+      const batch = nextRound(order, asked, Math.max(wanted + 1 - accepted, 1) * BID_OVERSAMPLE)
+      for (const c of batch) asked.add(c.peerId)
+      remote.push(...await Promise.all(batch.map(ask)))
+    }
     const self = { peer: this.selfId, answer: this.c.bid(req) }
     const all = [self, ...remote]
     job.bids = all.map(b => ({

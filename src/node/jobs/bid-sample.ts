@@ -1,0 +1,70 @@
+/**
+ * Which peers a coordinator asks for bids. Asking every directory peer costs
+ * a stream per peer per job: fine at a dozen nodes, 10,000 requests for a
+ * one-shard job at 10,000. A job can use at most as many peers as it has
+ * units, and gains little past a few dozen (each peer's share shrinks while
+ * the coordinator's per-shard work does not), so the number asked follows
+ * from the job, not from the mesh:
+ *
+ *   wanted = min(units, MAX_JOB_PEERS)     peers the split may use
+ *   asked  = BID_OVERSAMPLE x wanted       first round
+ *
+ * Below `asked` candidates everyone is asked, as before. Above, candidates
+ * are drawn by weighted sampling without replacement (Efraimidis-Spirakis:
+ * key = u^(1/w)), weight = advertised GFLOPS x the share of slots that are
+ * free (5% for a full one), so a round favours fast idle peers without
+ * starving the rest: the load-aware choice that power-of-k sampling makes,
+ * with one draw. A round in which fewer than `wanted` accept widens to the
+ * next candidates in the same order, up to BID_ROUNDS rounds.
+ */
+import { prng } from '../../compute/random.ts'
+
+/** Peers one job is split across at most. */
+export const MAX_JOB_PEERS = 32
+/** Candidates asked per peer wanted: some decline, some are slow to answer. */
+export const BID_OVERSAMPLE = 2
+/** Rounds of asking before the job goes with the acceptances it has. */
+export const BID_ROUNDS = 3
+
+export interface BidCandidate {
+  peerId: string
+  gflops: number
+  slots: number
+  busy: number
+  queued: number
+}
+
+/** How many peers a job of `units` units may use. */
+export function wantedPeers (units: number): number {
+  return Math.max(1, Math.min(Math.floor(units), MAX_JOB_PEERS))
+}
+
+/** Weight of a candidate: its advertised speed, times the share of its slots not busy or queued (never zero). */
+export function candidateWeight (c: BidCandidate): number {
+  const slots = Math.max(c.slots, 1)
+  const free = Math.max(slots - c.busy - c.queued, 0) / slots
+  return Math.max(c.gflops, 1e-3) * (0.05 + 0.95 * free)
+}
+
+/**
+ * The candidates in the order to ask them: a weighted random permutation
+ * (Efraimidis-Spirakis keys), `seed` fixing the draw. Every candidate is in
+ * it once; a caller asks a prefix and widens by taking more.
+ */
+export function bidOrder<C extends BidCandidate> (candidates: C[], seed: number): C[] {
+  const u = prng(seed)
+  return candidates
+    .map(c => ({ c, key: Math.log(Math.max(u(), 1e-300)) / candidateWeight(c) }))
+    .sort((a, b) => b.key - a.key)
+    .map(x => x.c)
+}
+
+/** The first `size` of `order` not asked yet (the caller's next round). */
+export function nextRound<C extends BidCandidate> (order: C[], asked: Set<string>, size: number): C[] {
+  const out: C[] = []
+  for (const c of order) {
+    if (out.length >= size) break
+    if (!asked.has(c.peerId)) out.push(c)
+  }
+  return out
+}
