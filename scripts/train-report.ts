@@ -90,7 +90,7 @@ const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / Math.max(
 async function main (): Promise<void> {
   const work = mkdtempSync(join(tmpdir(), 'tm-train-report-'))
   try {
-    execFileSync(process.execPath, [join(ROOT, 'scripts', 'examples-data.ts'), join(work, 'data')], { stdio: ['ignore', 'ignore', 'inherit'] })
+    execFileSync(process.execPath, [join(ROOT, 'scripts', 'examples-data.ts'), join(work, 'data'), '--only', 'base'], { stdio: ['ignore', 'ignore', 'inherit'] })
     copyFileSync(join(ROOT, 'examples', JOB_FILE), join(work, JOB_FILE))
     const spec = JSON.parse(readFileSync(join(work, JOB_FILE), 'utf8')) as { params: Record<string, unknown> & { layers: number[] } }
     const runs: Run[] = []

@@ -226,10 +226,14 @@ function shapeLiteral (shape: readonly number[]): string {
   return `(${shape.join(', ')})`
 }
 
-/** Encodes a HostTensor as `.npy` (version 1.0, or 2.0 if the header needs it), C order, little-endian. */
-export function encodeNpy (t: HostTensor): Uint8Array {
-  const descr = t.dtype === 'float32' ? '<f4' : '<i4'
-  const dict = `{'descr': '${descr}', 'fortran_order': False, 'shape': ${shapeLiteral(t.shape)}, }`
+/**
+ * The `.npy` preamble and header (version 1.0, or 2.0 if the header needs it)
+ * for a C-order, little-endian tensor: what comes before the data, so that a
+ * writer can stream data larger than it wants to hold twice.
+ */
+export function encodeNpyHeader (dtype: DType, shape: readonly number[]): Uint8Array {
+  const descr = dtype === 'float32' ? '<f4' : '<i4'
+  const dict = `{'descr': '${descr}', 'fortran_order': False, 'shape': ${shapeLiteral(shape)}, }`
   let lenBytes = 2
   let major = 1
   let pad = HEADER_ALIGN - ((PREAMBLE_BYTES + lenBytes + dict.length + 1) % HEADER_ALIGN)
@@ -240,8 +244,7 @@ export function encodeNpy (t: HostTensor): Uint8Array {
   }
   if (pad === HEADER_ALIGN) pad = 0
   const header = dict + ' '.repeat(pad) + '\n'
-  const dataStart = PREAMBLE_BYTES + lenBytes + header.length
-  const out = new Uint8Array(dataStart + t.data.length * BYTES_PER_ELEMENT)
+  const out = new Uint8Array(PREAMBLE_BYTES + lenBytes + header.length)
   out.set(MAGIC)
   out[6] = major
   out[7] = 0
@@ -249,6 +252,16 @@ export function encodeNpy (t: HostTensor): Uint8Array {
   if (lenBytes === 2) view.setUint16(8, header.length, true)
   else view.setUint32(8, header.length, true)
   out.set(new TextEncoder().encode(header), PREAMBLE_BYTES + lenBytes)
+  return out
+}
+
+/** Encodes a HostTensor as `.npy` (version 1.0, or 2.0 if the header needs it), C order, little-endian. */
+export function encodeNpy (t: HostTensor): Uint8Array {
+  const head = encodeNpyHeader(t.dtype, t.shape)
+  const dataStart = head.length
+  const out = new Uint8Array(dataStart + t.data.length * BYTES_PER_ELEMENT)
+  out.set(head)
+  const view = new DataView(out.buffer)
   if (IS_LITTLE_ENDIAN) {
     out.set(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength), dataStart)
   } else {

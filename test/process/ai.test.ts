@@ -117,7 +117,7 @@ function argmax (row: Float32Array): number {
 beforeAll(async () => {
   work = mkdtempSync(join(tmpdir(), 'tm-ai-'))
   // `npm run examples:data` into a temp folder, then the example job files next to it (their paths are relative).
-  execFileSync(process.execPath, [join(ROOT, 'scripts', 'examples-data.ts'), join(work, 'data')], { stdio: ['ignore', 'ignore', 'inherit'] })
+  execFileSync(process.execPath, [join(ROOT, 'scripts', 'examples-data.ts'), join(work, 'data'), '--only', 'base'], { stdio: ['ignore', 'ignore', 'inherit'] })
   for (const f of EXAMPLES) copyFileSync(join(ROOT, 'examples', f), join(work, f))
   tf = (await loadBackend('cpu')).tf
   const started = await startCli(['testnet', '--nodes', '3', '--workers', '1', '--json'])
