@@ -2,13 +2,19 @@ import { mkdir, readFile, rename, stat, writeFile } from 'node:fs/promises'
 import { dirname, isAbsolute, join, normalize, sep } from 'node:path'
 import { InvalidInputError, LimitExceededError } from '../errors.ts'
 import { isPlainObject } from './operators/common.ts'
+import { graphSignature } from './model-graph.ts'
+import { layersSignature } from './model-layers.ts'
 import { BYTES_PER_ELEMENT, sizeOf } from './tensor.ts'
+import type { ModelSignature, SignatureOptions } from './model-layers.ts'
 
 /**
- * TF.js Layers models as data: the bytes a job carries as `blobs.model`, and
- * the `model.json` + weight files TF.js itself writes (`model.save()`).
- * Nothing here loads TF.js: the coordinator validates a model on its main
- * thread, and only workers ever turn it into a LayersModel.
+ * TF.js models as data: the bytes a job carries as `blobs.model`, and the
+ * `model.json` + weight files TF.js itself writes (`model.save()`) or
+ * tensorflowjs_converter writes (layers-models and graph-models, weights
+ * float32, int32, or quantised to uint8 / uint16 / float16). Nothing here
+ * loads TF.js: the coordinator validates a model on its main thread
+ * (describeModel: model-layers.ts and model-graph.ts), and only workers
+ * ever turn it into a LayersModel or GraphModel.
  *
  * Packed layout (all integers little-endian):
  *
@@ -16,7 +22,8 @@ import { BYTES_PER_ELEMENT, sizeOf } from './tensor.ts'
  *   8   uint32   header length H
  *   12  H bytes  UTF-8 JSON {modelTopology, weightSpecs, format?, generatedBy?, convertedBy?}
  *   ..  0-3 zero bytes, so the weights start at a multiple of 4
- *   ..  weight bytes: each spec's tensor in spec order, C order, little-endian
+ *   ..  weight bytes: each spec's tensor in spec order, C order, little-endian,
+ *       4 bytes per element or its quantised width (storedBytes)
  *
  * The total length must be exactly that: no trailing bytes.
  */
@@ -50,13 +57,27 @@ export const MAX_WEIGHT_NAME_LENGTH = 512
 /** Rank of a weight tensor; conv kernels are rank 4 (5 for 3-D convs). */
 export const MAX_WEIGHT_RANK = 8
 
-/** Weight dtypes a packed model may hold: the two the rest of the mesh carries. No quantized weights. */
+/** Weight dtypes a packed model may hold: the two the rest of the mesh carries. */
 export const MODEL_WEIGHT_DTYPES = ['float32', 'int32'] as const
+
+/**
+ * How tensorflowjs_converter stores a quantised weight (`--quantize_uint8`,
+ * `--quantize_uint16`, `--quantize_float16`): value = stored * scale + min
+ * for the integer forms (rounded for int32 weights), an IEEE half for
+ * float16 (float32 weights only). TF.js dequantises when it loads.
+ */
+export type WeightQuantization =
+  | { dtype: 'uint8' | 'uint16', scale: number, min: number }
+  | { dtype: 'float16' }
+
+/** Bytes per stored element of each quantised dtype (tfjs-core's DTYPE_VALUE_SIZE_MAP). */
+export const QUANTIZED_BYTES = { uint8: 1, uint16: 2, float16: 2 } as const
 
 export interface WeightSpec {
   name: string
   shape: number[]
   dtype: typeof MODEL_WEIGHT_DTYPES[number]
+  quantization?: WeightQuantization
 }
 
 /** TF.js `ModelArtifacts` as far as a Layers model uses them. */
@@ -86,16 +107,45 @@ function checkString (value: unknown, what: string, maxLength = 256): string | u
   return value
 }
 
-/** Weight specs checked one by one; returns them and the bytes they need. */
-export function checkWeightSpecs (specs: unknown): { specs: WeightSpec[], bytes: number } {
+function checkQuantization (q: unknown, dtype: WeightSpec['dtype'], what: string): WeightQuantization {
+  if (!isPlainObject(q)) throw bad(`${what}.quantization must be {dtype, scale?, min?}`)
+  // original_dtype: written by some converter versions; the spec's own dtype says the same.
+  for (const key of Object.keys(q)) {
+    if (!['dtype', 'scale', 'min', 'original_dtype'].includes(key)) throw bad(`${what}.quantization has key '${key}'; allowed: dtype, scale, min`)
+  }
+  if (q.dtype === 'uint8' || q.dtype === 'uint16') {
+    if (typeof q.scale !== 'number' || !Number.isFinite(q.scale) || typeof q.min !== 'number' || !Number.isFinite(q.min)) throw bad(`${what} is ${q.dtype}-quantised and needs finite numbers scale and min`)
+    return { dtype: q.dtype, scale: q.scale, min: q.min }
+  }
+  if (q.dtype === 'float16') {
+    if (dtype !== 'float32') throw bad(`${what} is a ${dtype} weight; float16 quantisation applies to float32 weights only`)
+    return { dtype: 'float16' }
+  }
+  throw bad(`${what}.quantization.dtype is ${JSON.stringify(q.dtype) ?? 'undefined'}; allowed: uint8, uint16, float16`, 'ERR_BAD_DTYPE')
+}
+
+/** Bytes one spec's weight takes in the packed data: 4 per element, or its quantised width. */
+export function storedBytes (spec: Pick<WeightSpec, 'shape' | 'quantization'>): number {
+  return sizeOf(spec.shape) * (spec.quantization === undefined ? BYTES_PER_ELEMENT : QUANTIZED_BYTES[spec.quantization.dtype])
+}
+
+/**
+ * Weight specs checked one by one; returns them, the bytes they take packed
+ * (`bytes`, quantised weights at their stored width) and the bytes they take
+ * once TF.js has dequantised them to 4-byte elements (`decodedBytes`). Both
+ * must fit MAX_MODEL_WEIGHT_BYTES: a worker holds the first as the blob and
+ * the second as backend tensors.
+ */
+export function checkWeightSpecs (specs: unknown): { specs: WeightSpec[], bytes: number, decodedBytes: number } {
   if (!Array.isArray(specs)) throw bad('weightSpecs must be a list')
   if (specs.length > MAX_MODEL_WEIGHTS) throw new LimitExceededError(`model: ${specs.length} weight specs; at most ${MAX_MODEL_WEIGHTS} are allowed`)
   let bytes = 0
+  let decodedBytes = 0
   const out = specs.map((s: unknown, i): WeightSpec => {
     if (!isPlainObject(s)) throw bad(`weightSpecs[${i}] is not an object`)
     for (const key of Object.keys(s)) {
-      // 'quantization' and 'group' change how bytes map to values; refuse rather than misread.
-      if (key !== 'name' && key !== 'shape' && key !== 'dtype') throw bad(`weightSpecs[${i}] has key '${key}'; allowed: name, shape, dtype (no quantized weights)`)
+      // 'group' (optimizer weights) and anything newer change how bytes map to values; refuse rather than misread.
+      if (key !== 'name' && key !== 'shape' && key !== 'dtype' && key !== 'quantization') throw bad(`weightSpecs[${i}] has key '${key}'; allowed: name, shape, dtype, quantization`)
     }
     const { name, shape, dtype } = s
     if (typeof name !== 'string' || name.length === 0 || name.length > MAX_WEIGHT_NAME_LENGTH) throw bad(`weightSpecs[${i}].name must be a non-empty string of at most ${MAX_WEIGHT_NAME_LENGTH} characters`)
@@ -103,12 +153,14 @@ export function checkWeightSpecs (specs: unknown): { specs: WeightSpec[], bytes:
     if (!Array.isArray(shape) || shape.length > MAX_WEIGHT_RANK || !shape.every((d: unknown) => Number.isSafeInteger(d) && (d as number) >= 0)) {
       throw bad(`weightSpecs[${i}] (${name}) shape must be a list of at most ${MAX_WEIGHT_RANK} non-negative integers`)
     }
-    const dims = shape as number[]
-    bytes += sizeOf(dims) * BYTES_PER_ELEMENT
-    if (!(bytes <= MAX_MODEL_WEIGHT_BYTES)) throw new LimitExceededError(`model: weights need more than ${MAX_MODEL_WEIGHT_BYTES} bytes (at weightSpecs[${i}])`)
-    return { name, shape: [...dims], dtype: dtype as WeightSpec['dtype'] }
+    const spec: WeightSpec = { name, shape: [...shape as number[]], dtype: dtype as WeightSpec['dtype'] }
+    if (s.quantization !== undefined) spec.quantization = checkQuantization(s.quantization, spec.dtype, `weightSpecs[${i}] (${name})`)
+    bytes += storedBytes(spec)
+    decodedBytes += sizeOf(spec.shape) * BYTES_PER_ELEMENT
+    if (!(decodedBytes <= MAX_MODEL_WEIGHT_BYTES)) throw new LimitExceededError(`model: weights need more than ${MAX_MODEL_WEIGHT_BYTES} bytes as float32 (at weightSpecs[${i}])`)
+    return spec
   })
-  return { specs: out, bytes }
+  return { specs: out, bytes, decodedBytes }
 }
 
 function weightBytes (data: ModelArtifactsInput['weightData']): Uint8Array {
@@ -125,7 +177,7 @@ function weightBytes (data: ModelArtifactsInput['weightData']): Uint8Array {
 }
 
 function checkTopology (t: unknown): Record<string, unknown> {
-  if (!isPlainObject(t)) throw bad('modelTopology must be a JSON object (a Layers model; graph models are not supported)')
+  if (!isPlainObject(t)) throw bad('modelTopology must be a JSON object (a layers-model\'s Keras JSON or a graph-model\'s GraphDef)')
   return t
 }
 
@@ -154,14 +206,19 @@ export function packModel (artifacts: ModelArtifactsInput): Uint8Array {
   return out
 }
 
+/** A packed model's parts, checked, with the weights as a view into the packed bytes (no copy). */
+export interface PackedModelView extends Omit<ModelArtifacts, 'weightData'> {
+  weights: Uint8Array
+}
+
 /**
- * Packed bytes back to artifacts (weightData is a fresh ArrayBuffer). Every
- * length is checked before it is used: magic, header length against
+ * Packed bytes to their parts without copying the weights. Every length is
+ * checked before it is used: magic, header length against
  * MAX_MODEL_HEADER_BYTES and the bytes present, JSON, weight specs, and the
  * weight bytes against the specs exactly. Throws InvalidInputError
  * (ERR_BAD_MODEL, ERR_BAD_DTYPE) or LimitExceededError.
  */
-export function unpackModel (bytes: Uint8Array): ModelArtifacts {
+export function viewPackedModel (bytes: Uint8Array): PackedModelView {
   if (!(bytes instanceof Uint8Array)) throw bad('a packed model must be a Uint8Array')
   if (bytes.byteLength < PREAMBLE_BYTES || MAGIC_BYTES.some((b, i) => bytes[i] !== b)) throw bad(`not a packed model (no '${MODEL_MAGIC}' magic)`)
   const headerBytes = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(MAGIC_BYTES.length, true)
@@ -181,13 +238,7 @@ export function unpackModel (bytes: Uint8Array): ModelArtifacts {
   const { specs, bytes: need } = checkWeightSpecs(header.weightSpecs)
   const dataAt = align4(PREAMBLE_BYTES + headerBytes)
   if (bytes.byteLength !== dataAt + need) throw bad(`weightSpecs describe ${need} weight bytes but ${bytes.byteLength - dataAt} follow the header`)
-  const out: ModelArtifacts = {
-    modelTopology,
-    weightSpecs: specs,
-    // A copy into a buffer of exactly the weights' size. Not bytes.slice(): on a
-    // Node Buffer that is a view, and its .buffer the whole (pooled) allocation.
-    weightData: new Uint8Array(bytes.subarray(dataAt)).buffer
-  }
+  const out: PackedModelView = { modelTopology, weightSpecs: specs, weights: bytes.subarray(dataAt) }
   const format = checkString(header.format, 'format')
   const generatedBy = checkString(header.generatedBy, 'generatedBy')
   const convertedBy = checkString(header.convertedBy, 'convertedBy')
@@ -195,6 +246,14 @@ export function unpackModel (bytes: Uint8Array): ModelArtifacts {
   if (generatedBy !== undefined) out.generatedBy = generatedBy
   if (convertedBy !== undefined) out.convertedBy = convertedBy
   return out
+}
+
+/** Packed bytes back to artifacts, checked as viewPackedModel checks them; weightData is a fresh ArrayBuffer. */
+export function unpackModel (bytes: Uint8Array): ModelArtifacts {
+  const { weights, ...rest } = viewPackedModel(bytes)
+  // A copy into a buffer of exactly the weights' size. Not bytes.slice(): on a
+  // Node Buffer that is a view, and its .buffer the whole (pooled) allocation.
+  return { ...rest, weightData: new Uint8Array(weights).buffer }
 }
 
 /** Weight manifest files a model.json may list; TF.js shards weights in 4 MiB files, so 256 MiB of weights is 64 of them. */
@@ -265,7 +324,7 @@ export async function writeModelDir (dir: string, artifacts: ModelArtifactsInput
   await mkdir(dir, { recursive: true })
   const modelJson: Record<string, unknown> = {
     modelTopology: a.modelTopology,
-    format: a.format ?? 'layers-model',
+    format: a.format ?? modelFormat(a.modelTopology),
     generatedBy: a.generatedBy ?? 'tensormesh',
     convertedBy: a.convertedBy ?? null,
     weightsManifest: [{ paths: [WEIGHTS_FILE], weights: a.weightSpecs }]
@@ -284,170 +343,94 @@ export function parameterCount (specs: readonly WeightSpec[]): number {
   return specs.reduce((n, s) => n + sizeOf(s.shape), 0)
 }
 
-/** Rank of a model's input or output beyond the batch dimension; conv nets on images use 3. */
-export const MAX_MODEL_IO_RANK = 6
 
-/** Layers deep a topology may be; ResNet152 has ~500 layers. */
-export const MAX_MODEL_LAYERS = 4096
+export { MAX_MODEL_IO_RANK, MAX_MODEL_LAYERS, SUPPORTED_LAYERS, LAYER_ACTIVATIONS } from './model-layers.ts'
+export { MAX_GRAPH_NODES, SUPPORTED_GRAPH_OPS } from './model-graph.ts'
+export type { ModelSignature, SignatureOptions } from './model-layers.ts'
+
+/** The two kinds of TF.js model the mesh runs. */
+export const MODEL_FORMATS = ['layers-model', 'graph-model'] as const
+export type ModelFormat = typeof MODEL_FORMATS[number]
 
 /**
- * The input and output shapes (without the batch dimension) of a Layers
- * topology, computed from the JSON alone so the coordinator can check a job
- * without loading TF.js. Supports Sequential models and functional models
- * that are a single chain (one input, one output, one inbound tensor per
- * layer) built from the layers in SHAPE_RULES; anything else is refused
- * with ERR_UNSUPPORTED_MODEL naming the layer. Workers check the loaded
- * model's real shapes against these.
+ * Which kind of model a topology is: the `format` TF.js and the converter
+ * write when there is one, else its shape (a GraphDef has `node`, Keras JSON
+ * has `class_name` or `model_config`).
  */
-export interface ModelSignature {
-  inputShape: number[]
-  outputShape: number[]
+export function modelFormat (topology: Record<string, unknown>, format?: string): ModelFormat {
+  if (format === 'layers-model' || format === 'graph-model') return format
+  if (format !== undefined && format !== '') throw new InvalidInputError(`model: format '${format}' is not supported; allowed: ${MODEL_FORMATS.join(', ')}`, 'ERR_UNSUPPORTED_MODEL')
+  return Array.isArray(topology.node) && topology.class_name === undefined && topology.model_config === undefined ? 'graph-model' : 'layers-model'
 }
 
-type ShapeRule = (shape: number[], config: Record<string, unknown>, layer: string) => number[]
-
-const same: ShapeRule = (s) => s
-
-function intList (v: unknown, n: number, what: string): number[] {
-  const list = typeof v === 'number' ? Array<number>(n).fill(v) : v
-  if (!Array.isArray(list) || list.length !== n || !list.every(d => Number.isSafeInteger(d) && d > 0)) throw bad(`${what} must be ${n} positive integers`, 'ERR_UNSUPPORTED_MODEL')
-  return list as number[]
+/** What the coordinator and the workers know of a model before TF.js loads it. */
+export interface ModelInfo extends ModelSignature {
+  format: ModelFormat
+  /** Floating point operations per row, from the layer or op shapes (multiply-adds count two). */
+  flopsPerRow: number
+  /** Graph-models: the Placeholder to feed and the node whose output is returned. */
+  inputName?: string
+  outputName?: string
 }
 
-function channelsLast (config: Record<string, unknown>, layer: string): void {
-  if (config.data_format !== undefined && config.data_format !== 'channels_last') throw bad(`layer ${layer}: only data_format channels_last is supported`, 'ERR_UNSUPPORTED_MODEL')
-}
+/** Largest int32 Const read for shapes (a Reshape's target, a Pad's paddings): a rank-8 shape's worth and then some. */
+const MAX_CONST_INTS = 64
 
-function spatial2d (shape: number[], config: Record<string, unknown>, layer: string, kernelKey: string, channels: number | undefined): number[] {
-  channelsLast(config, layer)
-  if (shape.length !== 3) throw bad(`layer ${layer} needs a [h, w, c] input, got [${shape.join(', ')}]`, 'ERR_UNSUPPORTED_MODEL')
-  const k = intList(config[kernelKey], 2, `layer ${layer} ${kernelKey}`)
-  const s = config.strides === undefined || config.strides === null ? (kernelKey === 'pool_size' ? k : [1, 1]) : intList(config.strides, 2, `layer ${layer} strides`)
-  const d = config.dilation_rate === undefined ? [1, 1] : intList(config.dilation_rate, 2, `layer ${layer} dilation_rate`)
-  const padding = config.padding ?? 'valid'
-  const out = [0, 1].map(i => {
-    const size = shape[i] as number
-    const eff = ((k[i] as number) - 1) * (d[i] as number) + 1
-    if (padding === 'same') return Math.ceil(size / (s[i] as number))
-    if (padding === 'valid') return Math.floor((size - eff) / (s[i] as number)) + 1
-    throw bad(`layer ${layer}: padding ${JSON.stringify(padding) ?? ''} is not supported; allowed: same, valid`, 'ERR_UNSUPPORTED_MODEL')
-  })
-  if (out.some(v => v <= 0)) throw bad(`layer ${layer}: input [${shape.join(', ')}] is too small for its kernel`, 'ERR_UNSUPPORTED_MODEL')
-  return [...out, channels ?? shape[2] as number]
-}
-
-/** How each supported layer class maps its input shape (no batch dim) to its output shape. */
-const SHAPE_RULES: Record<string, ShapeRule> = {
-  Dense: (s, c, l) => {
-    const units = c.units
-    if (!Number.isSafeInteger(units) || (units as number) <= 0) throw bad(`layer ${l}: units must be a positive integer`, 'ERR_UNSUPPORTED_MODEL')
-    if (s.length === 0) throw bad(`layer ${l}: Dense needs an input of rank >= 1`, 'ERR_UNSUPPORTED_MODEL')
-    return [...s.slice(0, -1), units as number]
-  },
-  Flatten: (s) => [sizeOf(s)],
-  Reshape: (s, c, l) => {
-    // TF.js writes the free dimension (-1) as null.
-    const target = Array.isArray(c.target_shape) ? c.target_shape.map(d => d === null ? -1 : d) : undefined
-    if (target === undefined || !target.every(d => Number.isSafeInteger(d) && (d > 0 || d === -1)) || target.filter(d => d === -1).length > 1) {
-      throw bad(`layer ${l}: target_shape must be positive integers with at most one free (-1 or null) dimension`, 'ERR_UNSUPPORTED_MODEL')
-    }
-    const dims = target as number[]
-    const known = dims.filter(d => d !== -1).reduce((a, b) => a * b, 1)
-    const out = dims.map(d => d === -1 ? sizeOf(s) / known : d)
-    if (sizeOf(out) !== sizeOf(s) || out.some(d => !Number.isSafeInteger(d))) throw bad(`layer ${l}: cannot reshape [${s.join(', ')}] to [${dims.join(', ')}]`, 'ERR_UNSUPPORTED_MODEL')
-    return out
-  },
-  Conv2D: (s, c, l) => {
-    const filters = c.filters
-    if (!Number.isSafeInteger(filters) || (filters as number) <= 0) throw bad(`layer ${l}: filters must be a positive integer`, 'ERR_UNSUPPORTED_MODEL')
-    return spatial2d(s, c, l, 'kernel_size', filters as number)
-  },
-  MaxPooling2D: (s, c, l) => spatial2d(s, c, l, 'pool_size', undefined),
-  AveragePooling2D: (s, c, l) => spatial2d(s, c, l, 'pool_size', undefined),
-  GlobalAveragePooling2D: (s, c, l) => { channelsLast(c, l); if (s.length !== 3) throw bad(`layer ${l} needs a [h, w, c] input`, 'ERR_UNSUPPORTED_MODEL'); return [s[2] as number] },
-  GlobalMaxPooling2D: (s, c, l) => { channelsLast(c, l); if (s.length !== 3) throw bad(`layer ${l} needs a [h, w, c] input`, 'ERR_UNSUPPORTED_MODEL'); return [s[2] as number] },
-  Dropout: same,
-  SpatialDropout1D: same,
-  GaussianNoise: same,
-  GaussianDropout: same,
-  AlphaDropout: same,
-  Activation: same,
-  ReLU: same,
-  LeakyReLU: same,
-  PReLU: same,
-  ELU: same,
-  ThresholdedReLU: same,
-  Softmax: same,
-  BatchNormalization: same,
-  LayerNormalization: same
-}
-
-export const SUPPORTED_LAYERS = Object.keys(SHAPE_RULES)
-
-interface LayerJson { className: string, name: string, config: Record<string, unknown>, inbound: unknown }
-
-function layerOf (v: unknown, i: number): LayerJson {
-  if (!isPlainObject(v) || typeof v.class_name !== 'string' || !isPlainObject(v.config)) throw bad(`topology layer ${i} must be {class_name, config}`, 'ERR_UNSUPPORTED_MODEL')
-  const name = typeof v.name === 'string' ? v.name : typeof v.config.name === 'string' ? v.config.name : `#${i}`
-  return { className: v.class_name, name, config: v.config, inbound: v.inbound_nodes }
-}
-
-function batchShape (config: Record<string, unknown>, layer: string): number[] | undefined {
-  const b = config.batch_input_shape
-  if (b === undefined || b === null) return undefined
-  if (!Array.isArray(b) || b.length < 2 || b.length > MAX_MODEL_IO_RANK + 1 || b[0] !== null || !b.slice(1).every(d => Number.isSafeInteger(d) && d > 0)) {
-    throw bad(`layer ${layer}: batch_input_shape must be [null, ...positive integers] of rank 2..${MAX_MODEL_IO_RANK + 1} (a fixed batch size or unknown feature dims are not supported)`, 'ERR_UNSUPPORTED_MODEL')
+/** Each weight's byte range in the packed data and the int32 values of the small unquantised-or-integer ones. */
+function weightTable (specs: readonly WeightSpec[], weights: Uint8Array): { shapes: Map<string, number[]>, ints: (name: string) => number[] | undefined } {
+  const shapes = new Map<string, number[]>()
+  const at = new Map<string, { spec: WeightSpec, offset: number }>()
+  let offset = 0
+  for (const spec of specs) {
+    shapes.set(spec.name, spec.shape)
+    at.set(spec.name, { spec, offset })
+    offset += storedBytes(spec)
   }
-  return b.slice(1) as number[]
-}
-
-function applyLayer (shape: number[], layer: LayerJson): number[] {
-  const rule = SHAPE_RULES[layer.className]
-  if (rule === undefined) throw bad(`layer ${layer.name} is a ${layer.className}; supported: InputLayer, ${SUPPORTED_LAYERS.join(', ')}`, 'ERR_UNSUPPORTED_MODEL')
-  return rule(shape, layer.config, layer.name)
-}
-
-/** Input and output shapes of a Layers topology (see ModelSignature). */
-export function modelSignature (topology: Record<string, unknown>): ModelSignature {
-  const className = topology.class_name
-  const config = topology.config
-  const rawLayers = Array.isArray(config) ? config : isPlainObject(config) ? config.layers : undefined
-  if (!Array.isArray(rawLayers) || rawLayers.length === 0) throw bad('modelTopology.config has no layers', 'ERR_UNSUPPORTED_MODEL')
-  if (rawLayers.length > MAX_MODEL_LAYERS) throw new LimitExceededError(`model: ${rawLayers.length} layers; at most ${MAX_MODEL_LAYERS}`)
-  const all = rawLayers.map(layerOf)
-  let chain: LayerJson[]
-  let inputShape: number[] | undefined
-  if (className === 'Sequential') {
-    chain = all
-    const first = chain[0] as LayerJson
-    inputShape = batchShape(first.config, first.name)
-    if (first.className === 'InputLayer') chain = chain.slice(1)
-  } else if (className === 'Model' || className === 'Functional') {
-    if (!isPlainObject(config)) throw bad('modelTopology.config must be an object', 'ERR_UNSUPPORTED_MODEL')
-    const ins = config.input_layers
-    const outs = config.output_layers
-    if (!Array.isArray(ins) || ins.length !== 1 || !Array.isArray(outs) || outs.length !== 1) throw bad('only models with one input and one output are supported', 'ERR_UNSUPPORTED_MODEL')
-    const byName = new Map(all.map(l => [l.name, l]))
-    const nameAt = (ref: unknown): string | undefined => Array.isArray(ref) && typeof ref[0] === 'string' ? ref[0] : undefined
-    // Walk back from the output along each layer's single inbound tensor.
-    chain = []
-    let at = byName.get(nameAt(outs[0]) ?? '')
-    while (at !== undefined && at.className !== 'InputLayer') {
-      if (chain.length > all.length) throw bad('topology has a cycle', 'ERR_UNSUPPORTED_MODEL')
-      chain.unshift(at)
-      const nodes = at.inbound
-      const node = Array.isArray(nodes) && nodes.length === 1 ? nodes[0] : undefined
-      if (!Array.isArray(node) || node.length !== 1) throw bad(`layer ${at.name} is not a single-input layer called once; only chains of layers are supported`, 'ERR_UNSUPPORTED_MODEL')
-      at = byName.get(nameAt(node[0]) ?? '')
-    }
-    if (at === undefined || at.name !== nameAt(ins[0])) throw bad('the output does not lead back to the input layer', 'ERR_UNSUPPORTED_MODEL')
-    inputShape = batchShape(at.config, at.name)
-  } else {
-    throw bad(`modelTopology.class_name is ${JSON.stringify(className) ?? 'missing'}; supported: Sequential, Model`, 'ERR_UNSUPPORTED_MODEL')
+  const ints = (name: string): number[] | undefined => {
+    const w = at.get(name)
+    if (w === undefined || w.spec.dtype !== 'int32') return undefined
+    const n = sizeOf(w.spec.shape)
+    if (n > MAX_CONST_INTS) return undefined
+    const view = new DataView(weights.buffer, weights.byteOffset + w.offset, storedBytes(w.spec))
+    const q = w.spec.quantization
+    return Array.from({ length: n }, (_, i) => {
+      if (q === undefined) return view.getInt32(4 * i, true)
+      if (q.dtype === 'uint8') return Math.round(view.getUint8(i) * q.scale + q.min)
+      if (q.dtype === 'uint16') return Math.round(view.getUint16(2 * i, true) * q.scale + q.min)
+      return NaN
+    })
   }
-  if (inputShape === undefined) throw bad('the first layer declares no batch_input_shape', 'ERR_UNSUPPORTED_MODEL')
-  let shape = inputShape
-  for (const layer of chain) shape = applyLayer(shape, layer)
-  if (shape.length === 0 || shape.length > MAX_MODEL_IO_RANK) throw bad(`output rank ${shape.length} is not supported`, 'ERR_UNSUPPORTED_MODEL')
-  return { inputShape, outputShape: shape }
+  return { shapes, ints }
+}
+
+/**
+ * Reads a model as data, the way the coordinator checks a job: its kind,
+ * its input and output shapes (without the batch dimension), its flops per
+ * row, and for a graph-model the nodes to feed and fetch. With
+ * `outputLayer`, the output is that layer's (layers-models) or node's
+ * (graph-models). Throws InvalidInputError ERR_UNSUPPORTED_MODEL naming
+ * every layer class or op it cannot run, or ERR_BAD_PARAMS for an
+ * outputLayer the model lacks.
+ */
+export function describeModel (model: Pick<PackedModelView, 'modelTopology' | 'weightSpecs' | 'format'> & { weights?: Uint8Array, weightData?: ArrayBuffer }, options: SignatureOptions = {}): ModelInfo {
+  const format = modelFormat(model.modelTopology, model.format)
+  if (format === 'layers-model') {
+    const sig = layersSignature(model.modelTopology, options)
+    return { format, inputShape: sig.inputShape, outputShape: sig.outputShape, flopsPerRow: sig.flopsPerRow }
+  }
+  const weights = model.weights ?? new Uint8Array(model.weightData ?? new ArrayBuffer(0))
+  const table = weightTable(model.weightSpecs, weights)
+  const sig = graphSignature(model.modelTopology, table.shapes, table.ints, options)
+  return { format, ...sig }
+}
+
+/** describeModel of packed bytes, without copying the weights. */
+export function describePackedModel (bytes: Uint8Array, options: SignatureOptions = {}): ModelInfo {
+  return describeModel(viewPackedModel(bytes), options)
+}
+
+/** Input and output shapes of a layers-model topology (see layersSignature). */
+export function modelSignature (topology: Record<string, unknown>, options: SignatureOptions = {}): ModelSignature {
+  const { inputShape, outputShape } = layersSignature(topology, options)
+  return { inputShape, outputShape }
 }

@@ -91,7 +91,12 @@ describe('packModel / unpackModel', () => {
     expect(len).toBeGreaterThan(0)
     const spec = (f: (s: Record<string, unknown>) => void): Uint8Array => withHeader(packed, h => { f((h.weightSpecs as Array<Record<string, unknown>>)[0] as Record<string, unknown>) })
     expect(codeOf(() => unpackModel(spec(s => { s.dtype = 'float16' })))).toBe('ERR_BAD_DTYPE')
+    // A quantised spec is read at its stored width: uint8 needs a quarter of the bytes these specs had.
     expect(codeOf(() => unpackModel(spec(s => { s.quantization = { dtype: 'uint8', scale: 1, min: 0 } })))).toBe('ERR_BAD_MODEL')
+    expect(codeOf(() => unpackModel(spec(s => { s.quantization = { dtype: 'int4', scale: 1, min: 0 } })))).toBe('ERR_BAD_DTYPE')
+    expect(codeOf(() => unpackModel(spec(s => { s.quantization = { dtype: 'uint8' } })))).toBe('ERR_BAD_MODEL') // no scale, min
+    expect(codeOf(() => unpackModel(spec(s => { s.dtype = 'int32'; s.quantization = { dtype: 'float16' } })))).toBe('ERR_BAD_MODEL')
+    expect(codeOf(() => unpackModel(spec(s => { s.group = 'optimizer' })))).toBe('ERR_BAD_MODEL')
     expect(codeOf(() => unpackModel(spec(s => { s.shape = [4, -6] })))).toBe('ERR_BAD_MODEL')
     expect(codeOf(() => unpackModel(spec(s => { s.shape = [5, 6] })))).toBe('ERR_BAD_MODEL') // specs no longer match the bytes
     expect(codeOf(() => unpackModel(spec(s => { s.shape = [1e6, 1e6] })))).toBe('ERR_LIMIT_EXCEEDED')
@@ -164,6 +169,22 @@ describe('modelSignature', () => {
     const inp = L.input({ shape: [2, 3] })
     const out = L.layers.dense({ units: 4 }).apply(L.layers.flatten().apply(inp)) as ReturnType<typeof L.input>
     models.push(L.model({ inputs: inp, outputs: out }))
+    // Functional graphs: merges, padding and cropping, depthwise and separable convs, a shared layer called twice.
+    type Sym = ReturnType<typeof L.input>
+    const on = (layer: { apply: (t: Sym | Sym[]) => unknown }, t: Sym | Sym[]): Sym => layer.apply(t) as Sym
+    const img = L.input({ shape: [11, 13, 3] })
+    const padded = on(L.layers.zeroPadding2d({ padding: [[1, 2], [0, 3]] }), img)
+    const conv = on(L.layers.conv2d({ filters: 6, kernelSize: [3, 2], strides: 2, padding: 'same' }), padded)
+    const dw = on(L.layers.depthwiseConv2d({ kernelSize: 3, depthMultiplier: 2, padding: 'same' }), conv)
+    const sep = on(L.layers.separableConv2d({ filters: 12, kernelSize: 3, padding: 'same' }), conv)
+    const sum = on(L.layers.add(), [dw, sep])
+    const shared = L.layers.conv2d({ filters: 12, kernelSize: 1 })
+    const merged = on(L.layers.concatenate(), [on(L.layers.multiply(), [on(shared, sum), on(shared, dw)]), on(L.layers.minimum(), [sum, dw]), on(L.layers.maximum(), [sum, dw])])
+    const up = on(L.layers.upSampling2d({ size: [2, 3] }), on(L.layers.cropping2D({ cropping: [[1, 0], [0, 1]] }), merged))
+    const pooled = on(L.layers.maxPooling2d({ poolSize: 3, strides: 2, padding: 'valid' }), on(L.layers.reLU({ maxValue: 6 }), on(L.layers.batchNormalization(), up)))
+    const head = on(L.layers.permute({ dims: [2, 1, 3] }), on(L.layers.average(), [pooled, on(L.layers.activation({ activation: 'hardSigmoid' }), pooled)]))
+    models.push(L.model({ inputs: img, outputs: on(L.layers.dense({ units: 5 }), on(L.layers.globalAveragePooling2d({}), head)) }))
+    models.push(L.model({ inputs: img, outputs: head }))
     for (const m of models) {
       const { sig, want } = await realShapes(m)
       expect(sig.inputShape).toEqual(want.inputShape)

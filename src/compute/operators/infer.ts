@@ -1,34 +1,43 @@
 import { createHash } from 'node:crypto'
 import { InvalidInputError } from '../../errors.ts'
-import { modelSignature, parameterCount, unpackModel } from '../model.ts'
+import { describeModel, describePackedModel, parameterCount, unpackModel, viewPackedModel } from '../model.ts'
 import { BYTES_PER_ELEMENT, describe, hostTensor, rowSize, rowSlice, sizeOf } from '../tensor.ts'
 import { checkDType, checkInputs, checkMinRank, checkOutputSize, checkParams, isPlainObject, requireInput, rowsReducer } from './common.ts'
 import type { LayersModel } from '@tensorflow/tfjs-layers'
+import type { GraphModel } from '@tensorflow/tfjs-converter'
 import type { Tensor } from '@tensorflow/tfjs-core'
-import type { ModelSignature } from '../model.ts'
+import type { ModelArtifacts, ModelInfo, ModelSignature } from '../model.ts'
 import type { HostTensor } from '../tensor.ts'
 import type { JobPlan, Operator, ShardTask, Tensors, TF } from './types.ts'
 
 /**
- * Batched inference of a TF.js Layers model: x [n, ...features] (float32, or
- * int32 cast to float32) -> float32 [n, ...outputs], sharded by rows.
+ * Batched inference of a TF.js model: x [n, ...features] (float32, or int32
+ * cast to float32) -> float32 [n, ...outputs], sharded by rows.
  *
  * The model is data, never code: `blobs.model` holds its artifacts packed by
- * `packModel` (src/compute/model.ts). The coordinator's plan unpacks and
- * validates it and reads its input and output shapes from the topology
- * JSON (no TF.js on the main thread); x's feature shape must equal the
- * model's input shape. A job file names the model as a path
- * (`params.model`); the client reads that folder (`readModelDir`), packs it
- * into `blobs.model` and drops the param, so the operator never sees paths.
+ * `packModel` (src/compute/model.ts): a layers-model (Keras JSON, Sequential
+ * or functional) or a graph-model (tensorflowjs_converter's GraphDef JSON),
+ * weights float32, int32 or quantised. The coordinator's plan reads the
+ * model as data (describeModel: every layer class or op checked against an
+ * allow-list, shapes computed through the graph, no TF.js on the main
+ * thread); x's feature shape must equal the model's input shape. A job file
+ * names the model as a path (`params.model`); the client reads that folder
+ * (`readModelDir`), packs it into `blobs.model` and drops the param, so the
+ * operator never sees paths.
  *
- * params: {batchSize?} rows per predict() call inside a shard (default
- * DEFAULT_INFER_BATCH). Shards carry {batchSize, inputShape, outputShape};
- * a worker checks the loaded model's real shapes against the last two.
+ * params: {batchSize?, outputLayer?}. batchSize: rows per forward pass
+ * inside a shard (default DEFAULT_INFER_BATCH). outputLayer: return that
+ * layer's (layers-models) or node's (graph-models) activations instead of
+ * the model's output, e.g. the pooled features of a classifier as an
+ * embedding. Shards carry {batchSize, inputShape, outputShape,
+ * outputLayer?}; a worker checks the loaded model's real shapes, and every
+ * batch's output shape, against them.
  *
- * Workers load the model with tfjs-layers' loadLayersModel(io.fromMemory)
- * on the same tfjs-core instance as their backend (one copy in
- * node_modules), and keep it by the SHA-256 of the blob, so a worker parses
- * each model once however many shards it runs.
+ * Workers load layers-models with tfjs-layers' loadLayersModel and
+ * graph-models with tfjs-converter's loadGraphModel (io.fromMemory), on the
+ * same tfjs-core instance as their backend (one copy in node_modules), and
+ * keep them by the SHA-256 of the blob, so a worker parses each model once
+ * however many shards it runs.
  */
 
 const NAME = 'infer'
@@ -46,21 +55,26 @@ export const MAX_INFER_BATCH = 65_536
  */
 export const MAX_CACHED_MODELS = 2
 
+/** A layer or node name in params.outputLayer; Keras names are well under 100 characters, converted graph nodes a few hundred. */
+export const MAX_OUTPUT_LAYER_LENGTH = 1024
+
 export interface InferParams {
   batchSize: number
   /** The model's input shape without the batch dimension. */
   inputShape: number[]
-  /** The model's output shape without the batch dimension. */
+  /** The model's (or outputLayer's) output shape without the batch dimension. */
   outputShape: number[]
+  /** The layer (layers-model) or node (graph-model) whose output is returned; the model's output if absent. */
+  outputLayer?: string
 }
 
 function checkBlob (blobs: unknown): Uint8Array {
-  if (!isPlainObject(blobs)) throw new InvalidInputError(`${NAME}: blobs.model is missing; it must hold a packed TF.js Layers model (packModel)`, 'ERR_MISSING_MODEL')
+  if (!isPlainObject(blobs)) throw new InvalidInputError(`${NAME}: blobs.model is missing; it must hold a packed TF.js model (packModel)`, 'ERR_MISSING_MODEL')
   for (const key of Object.keys(blobs)) {
     if (key !== 'model') throw new InvalidInputError(`${NAME}: unexpected blob '${key}'; expected: model`, 'ERR_BAD_INPUT')
   }
   const model = blobs.model
-  if (!(model instanceof Uint8Array)) throw new InvalidInputError(`${NAME}: blobs.model is missing; it must hold a packed TF.js Layers model (packModel)`, 'ERR_MISSING_MODEL')
+  if (!(model instanceof Uint8Array)) throw new InvalidInputError(`${NAME}: blobs.model is missing; it must hold a packed TF.js model (packModel)`, 'ERR_MISSING_MODEL')
   return model
 }
 
@@ -90,50 +104,106 @@ function shapeList (value: unknown, what: string): number[] {
   return value as number[]
 }
 
-/** A task's params and blob, checked against each other: the shapes it carries must be the model's. */
-function checkTask (task: ShardTask): { x: HostTensor, bytes: Uint8Array, params: InferParams } {
-  const p = checkParams(NAME, task.params, ['batchSize', 'inputShape', 'outputShape'])
-  const params: InferParams = { batchSize: checkBatch(p.batchSize), inputShape: shapeList(p.inputShape, 'inputShape'), outputShape: shapeList(p.outputShape, 'outputShape') }
-  const bytes = checkBlob(task.blobs)
-  const sig = modelSignature(unpackModel(bytes).modelTopology)
-  const eq = (a: number[], b: number[]): boolean => a.length === b.length && a.every((d, i) => d === b[i])
-  if (!eq(sig.inputShape, params.inputShape) || !eq(sig.outputShape, params.outputShape)) {
-    throw new InvalidInputError(`${NAME}: the task's shapes do not match its model's ([${sig.inputShape.join(', ')}] -> [${sig.outputShape.join(', ')}])`, 'ERR_MODEL_MISMATCH')
+function checkOutputLayer (value: unknown): string | undefined {
+  if (value === undefined) return undefined
+  if (typeof value !== 'string' || value.length === 0 || value.length > MAX_OUTPUT_LAYER_LENGTH) {
+    throw new InvalidInputError(`${NAME}: params.outputLayer must be a layer or node name of 1..${MAX_OUTPUT_LAYER_LENGTH} characters`, 'ERR_BAD_PARAMS')
   }
-  return { x: checkX(task.inputs, sig), bytes, params }
+  return value
 }
 
-// Per worker: every worker thread has its own module instance, hence its own cache.
-const cache = new Map<string, LayersModel>()
+const eq = (a: readonly number[], b: readonly number[]): boolean => a.length === b.length && a.every((d, i) => d === b[i])
+const dims = (s: readonly number[]): string => `[${s.join(', ')}]`
 
-async function loadModel (tf: TF, bytes: Uint8Array, params: InferParams): Promise<LayersModel> {
+/** A task's params and blob, checked against each other: the shapes it carries must be the model's. */
+function checkTask (task: ShardTask): { x: HostTensor, bytes: Uint8Array, params: InferParams, info: ModelInfo } {
+  const p = checkParams(NAME, task.params, ['batchSize', 'inputShape', 'outputShape', 'outputLayer'])
+  const params: InferParams = { batchSize: checkBatch(p.batchSize), inputShape: shapeList(p.inputShape, 'inputShape'), outputShape: shapeList(p.outputShape, 'outputShape') }
+  const outputLayer = checkOutputLayer(p.outputLayer)
+  if (outputLayer !== undefined) params.outputLayer = outputLayer
+  const bytes = checkBlob(task.blobs)
+  const info = describePackedModel(bytes, { outputLayer })
+  if (!eq(info.inputShape, params.inputShape) || !eq(info.outputShape, params.outputShape)) {
+    throw new InvalidInputError(`${NAME}: the task's shapes ${dims(params.inputShape)} -> ${dims(params.outputShape)} do not match its model's (${dims(info.inputShape)} -> ${dims(info.outputShape)})`, 'ERR_MODEL_MISMATCH')
+  }
+  return { x: checkX(task.inputs, info), bytes, params, info }
+}
+
+/** A model loaded in this worker, and the truncated views of it that outputLayer asked for. */
+type Loaded =
+  | { format: 'layers-model', model: LayersModel, views: Map<string, LayersModel> }
+  | { format: 'graph-model', model: GraphModel }
+
+// Per worker: every worker thread has its own module instance, hence its own cache.
+const cache = new Map<string, Loaded>()
+
+function mismatch (got: string, want: string): InvalidInputError {
+  return new InvalidInputError(`${NAME}: the loaded model maps ${got}, not ${want} as its topology says`, 'ERR_MODEL_MISMATCH')
+}
+
+// tfjs leaves some dimensions it could infer as null (Reshape's free one); those match anything here,
+// and every batch's real output is checked against outputShape.
+const fits = (s: ReadonlyArray<number | null> | undefined, w: number[]): boolean => s !== undefined && s.length === w.length + 1 && s.slice(1).every((d, i) => d === null || d === -1 || d === w[i])
+const shown = (s: ReadonlyArray<number | null> | undefined): string => `[${(s ?? []).slice(1).map(d => d ?? '?').join(', ')}]`
+
+async function loadLayers (tf: TF, artifacts: ModelArtifacts, params: InferParams): Promise<Loaded> {
+  // Loaded here, in the worker, never at module load: the main thread imports this file too.
+  const layers = await import('@tensorflow/tfjs-layers')
+  const model = await layers.loadLayersModel(tf.io.fromMemory(artifacts))
+  const input = model.inputs[0]?.shape
+  if (model.inputs.length !== 1 || model.outputs.length !== 1 || !fits(input, params.inputShape)) {
+    const got = `${shown(input)} -> ${shown(model.outputs[0]?.shape)}`
+    model.dispose()
+    throw mismatch(got, `${dims(params.inputShape)} -> ...`)
+  }
+  return { format: 'layers-model', model, views: new Map() }
+}
+
+async function loadGraph (tf: TF, artifacts: ModelArtifacts, info: ModelInfo, params: InferParams): Promise<Loaded> {
+  const converter = await import('@tensorflow/tfjs-converter')
+  // tfjs-converter reads versions.producer; a GraphDef written without versions means none.
+  const topology = { versions: {}, ...artifacts.modelTopology }
+  const model = await converter.loadGraphModel(tf.io.fromMemory({ ...artifacts, modelTopology: topology }))
+  const input = model.inputs.find(t => t.name === info.inputName || t.name === `${info.inputName ?? ''}:0`)
+  if (input === undefined || !fits(input.shape, params.inputShape)) {
+    const got = shown(input?.shape)
+    model.dispose()
+    throw mismatch(`${got} -> ...`, `${dims(params.inputShape)} -> ...`)
+  }
+  return { format: 'graph-model', model }
+}
+
+async function loadModel (tf: TF, bytes: Uint8Array, info: ModelInfo, params: InferParams): Promise<Loaded> {
   const key = createHash('sha256').update(bytes).digest('hex')
-  const hit = cache.get(key)
+  let hit = cache.get(key)
   if (hit !== undefined) {
     // Most recently used last.
     cache.delete(key)
-    cache.set(key, hit)
-    return hit
+  } else {
+    const artifacts = unpackModel(bytes)
+    hit = info.format === 'graph-model' ? await loadGraph(tf, artifacts, info, params) : await loadLayers(tf, artifacts, params)
   }
-  // Loaded here, in the worker, never at module load: the main thread imports this file too.
-  const layers = await import('@tensorflow/tfjs-layers')
-  const model = await layers.loadLayersModel(tf.io.fromMemory(unpackModel(bytes)))
-  const dims = (s: ReadonlyArray<number | null> | undefined): string => `[${(s ?? []).slice(1).join(', ')}]`
-  const want = (s: number[]): string => `[${s.join(', ')}]`
-  // tfjs-layers leaves some dimensions it could infer as null (Reshape's free one); those match anything here,
-  // and map checks the real output's size against outputShape.
-  const fits = (s: ReadonlyArray<number | null> | undefined, w: number[]): boolean => s !== undefined && s.length === w.length + 1 && s.slice(1).every((d, i) => d === null || d === w[i])
-  if (model.inputs.length !== 1 || model.outputs.length !== 1 ||
-    !fits(model.inputs[0]?.shape, params.inputShape) || !fits(model.outputs[0]?.shape, params.outputShape)) {
-    model.dispose()
-    throw new InvalidInputError(`${NAME}: the loaded model maps ${dims(model.inputs[0]?.shape)} -> ${dims(model.outputs[0]?.shape)}, not ${want(params.inputShape)} -> ${want(params.outputShape)} as its topology says`, 'ERR_MODEL_MISMATCH')
-  }
-  cache.set(key, model)
+  cache.set(key, hit)
   while (cache.size > MAX_CACHED_MODELS) {
-    const [oldest, old] = cache.entries().next().value as [string, LayersModel]
+    const [oldest, old] = cache.entries().next().value as [string, Loaded]
     cache.delete(oldest)
-    old.dispose()
+    // A view shares its layers' weights with the model: disposing the model frees them, views need nothing more.
+    old.model.dispose()
   }
+  return hit
+}
+
+/** The layers-model that returns outputLayer's activations (built once, kept with the model), or the model. */
+function layersView (loaded: Loaded & { format: 'layers-model' }, params: InferParams, layers: typeof import('@tensorflow/tfjs-layers')): LayersModel {
+  const name = params.outputLayer
+  const model = name === undefined ? loaded.model : loaded.views.get(name) ?? (() => {
+    const out = loaded.model.getLayer(name).output
+    if (Array.isArray(out)) throw new InvalidInputError(`${NAME}: layer ${name} has ${out.length} outputs; one is supported`, 'ERR_UNSUPPORTED_MODEL')
+    const view = layers.model({ inputs: loaded.model.inputs, outputs: out })
+    loaded.views.set(name, view)
+    return view
+  })()
+  if (!fits(model.outputs[0]?.shape, params.outputShape)) throw mismatch(`${shown(model.inputs[0]?.shape)} -> ${shown(model.outputs[0]?.shape)}`, `${dims(params.inputShape)} -> ${dims(params.outputShape)}`)
   return model
 }
 
@@ -149,30 +219,35 @@ export const infer: Operator<InferParams> = {
     if (isPlainObject(params) && 'model' in params) {
       throw new InvalidInputError(`${NAME}: params.model is a job file's path to a model.json; the client loads it (readModelDir + packModel) into blobs.model`, 'ERR_BAD_PARAMS')
     }
-    const p = checkParams(NAME, params, ['batchSize'])
+    const p = checkParams(NAME, params, ['batchSize', 'outputLayer'])
     const batchSize = checkBatch(p.batchSize)
+    const outputLayer = checkOutputLayer(p.outputLayer)
     const bytes = checkBlob(blobs)
-    const artifacts = unpackModel(bytes)
-    const sig = modelSignature(artifacts.modelTopology)
-    const x = checkX(inputs, sig)
+    const model = viewPackedModel(bytes)
+    const info = describeModel(model, { outputLayer })
+    const x = checkX(inputs, info)
     const n = x.shape[0] as number
     if (n === 0) throw new InvalidInputError(`${NAME}: x is ${describe(x)}; it needs at least one row`, 'ERR_EMPTY_INPUT')
-    const outShape = [n, ...sig.outputShape]
+    const outShape = [n, ...info.outputShape]
     checkOutputSize(NAME, outShape)
+    const planParams: InferParams = { batchSize, inputShape: info.inputShape, outputShape: info.outputShape }
+    if (outputLayer !== undefined) planParams.outputLayer = outputLayer
     return {
       op: NAME,
       units: n,
-      // A multiply and an add per weight per row: exact for dense layers, a lower bound for convolutions.
-      cost: { flopsPerUnit: 2 * parameterCount(artifacts.weightSpecs), bytesInPerUnit: rowSize(x) * BYTES_PER_ELEMENT, bytesInFixed: bytes.byteLength, bytesOutPerUnit: sizeOf(sig.outputShape) * BYTES_PER_ELEMENT },
-      params: { batchSize, inputShape: sig.inputShape, outputShape: sig.outputShape },
+      // From the layer or op shapes; never below a multiply and an add per weight per row, the old (dense-only) estimate.
+      cost: { flopsPerUnit: Math.max(info.flopsPerRow, 2 * parameterCount(model.weightSpecs)), bytesInPerUnit: rowSize(x) * BYTES_PER_ELEMENT, bytesInFixed: bytes.byteLength, bytesOutPerUnit: sizeOf(info.outputShape) * BYTES_PER_ELEMENT },
+      params: planParams,
       output: { dtype: 'float32', shape: outShape }
     }
   },
 
   shard (plan, inputs, range, blobs) {
     const x = requireInput(inputs, 'x')
-    const { batchSize, inputShape, outputShape } = plan.params
-    return { op: NAME, params: { batchSize, inputShape, outputShape }, inputs: { x: rowSlice(x, range.start, range.end) }, blobs: { model: checkBlob(blobs) } }
+    const { batchSize, inputShape, outputShape, outputLayer } = plan.params
+    const params: InferParams = { batchSize, inputShape, outputShape }
+    if (outputLayer !== undefined) params.outputLayer = outputLayer
+    return { op: NAME, params: { ...params }, inputs: { x: rowSlice(x, range.start, range.end) }, blobs: { model: checkBlob(blobs) } }
   },
 
   validateTask (task) {
@@ -180,21 +255,35 @@ export const infer: Operator<InferParams> = {
   },
 
   async map (tf, task): Promise<Tensors> {
-    const { x, bytes, params } = checkTask(task)
-    const model = await loadModel(tf, bytes, params)
-    const y = tf.tidy(() => {
-      let t: Tensor = tf.tensor(x.data, x.shape, x.dtype)
-      if (t.dtype !== 'float32') t = tf.cast(t, 'float32')
-      const out = model.predict(t, { batchSize: params.batchSize })
-      if (Array.isArray(out)) throw new InvalidInputError(`${NAME}: the model has ${out.length} outputs; one is supported`, 'ERR_UNSUPPORTED_MODEL')
-      return out
-    })
-    try {
-      const data = await y.data<'float32'>()
-      return { out: hostTensor('float32', [x.shape[0] as number, ...params.outputShape], data) }
-    } finally {
-      y.dispose()
+    const { x, bytes, params, info } = checkTask(task)
+    const loaded = await loadModel(tf, bytes, info, params)
+    const layers = loaded.format === 'layers-model' ? await import('@tensorflow/tfjs-layers') : undefined
+    const view = loaded.format === 'layers-model' ? layersView(loaded, params, layers as typeof import('@tensorflow/tfjs-layers')) : undefined
+    const n = x.shape[0] as number
+    const inRow = sizeOf(params.inputShape)
+    const outRow = sizeOf(params.outputShape)
+    const out = new Float32Array(n * outRow)
+    // One batch at a time, each copied out before the next runs: a shard's activations never all live at once.
+    for (let start = 0; start < n; start += params.batchSize) {
+      const rows = Math.min(params.batchSize, n - start)
+      const y = tf.tidy(() => {
+        let t: Tensor = tf.tensor(x.data.subarray(start * inRow, (start + rows) * inRow), [rows, ...params.inputShape], x.dtype)
+        if (t.dtype !== 'float32') t = tf.cast(t, 'float32')
+        const r = view !== undefined
+          ? view.predict(t, { batchSize: rows })
+          : (loaded.model as GraphModel).execute({ [info.inputName as string]: t }, info.outputName)
+        if (Array.isArray(r)) throw new InvalidInputError(`${NAME}: the model has ${r.length} outputs; one is supported`, 'ERR_UNSUPPORTED_MODEL')
+        return r as Tensor
+      })
+      try {
+        if (!eq(y.shape, [rows, ...params.outputShape])) throw mismatch(`${dims(params.inputShape)} -> ${dims(y.shape.slice(1))}`, `${dims(params.inputShape)} -> ${dims(params.outputShape)}`)
+        if (y.dtype !== 'float32') throw new InvalidInputError(`${NAME}: the model returns ${y.dtype}; float32 is supported`, 'ERR_UNSUPPORTED_MODEL')
+        out.set(await y.data<'float32'>(), start * outRow)
+      } finally {
+        y.dispose()
+      }
     }
+    return { out: hostTensor('float32', [n, ...params.outputShape], out) }
   },
 
   reducer (plan) {
