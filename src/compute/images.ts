@@ -558,3 +558,95 @@ export function imageTensor (images: readonly NamedImage[], size: readonly [numb
   })
   return hostTensor('float32', [images.length, h, w, 3], out)
 }
+
+// ---------------------------------------------------------------- image packs
+
+/**
+ * Images travel to peers as one blob per shard, an image pack: the magic
+ * `TMIMGS1\0`, a little-endian uint32 count, then per image a uint16 name
+ * length, the name (UTF-8, the file name the user listed: errors name it),
+ * a uint32 byte length and the file's bytes, unchanged. The coordinator
+ * cuts a job's pack into one per shard (`slicePack`); the peer reads it
+ * without copying (`unpackImages`) and decodes in its worker.
+ */
+export const IMAGE_PACK_MAGIC = new TextEncoder().encode('TMIMGS1\0')
+
+/** Images one pack holds at most (a job's rows when its input is images). */
+export const MAX_PACK_IMAGES = 1_000_000
+
+/** An image's name in a pack: a file name, cut to this many bytes. */
+export const MAX_IMAGE_NAME_BYTES = 255
+
+const utf8 = new TextEncoder()
+const utf8Strict = new TextDecoder('utf-8', { fatal: true })
+
+function cutName (name: string): Uint8Array {
+  let bytes = utf8.encode(name)
+  // Cut on a character boundary: drop continuation bytes left at the end.
+  if (bytes.byteLength > MAX_IMAGE_NAME_BYTES) {
+    let end = MAX_IMAGE_NAME_BYTES
+    while (end > 0 && ((bytes[end] ?? 0) & 0xc0) === 0x80) end--
+    bytes = bytes.subarray(0, end)
+  }
+  return bytes
+}
+
+/** Packs images, in order, into one blob. */
+export function packImages (images: readonly NamedImage[]): Uint8Array {
+  if (images.length > MAX_PACK_IMAGES) throw new InvalidInputError(`${images.length} images; a job takes at most ${MAX_PACK_IMAGES}`, 'ERR_LIMIT_EXCEEDED')
+  const names = images.map(i => cutName(i.name))
+  const total = IMAGE_PACK_MAGIC.byteLength + 4 + images.reduce((n, img, k) => n + 2 + (names[k]?.byteLength ?? 0) + 4 + img.bytes.byteLength, 0)
+  const out = new Uint8Array(total)
+  const view = new DataView(out.buffer)
+  out.set(IMAGE_PACK_MAGIC, 0)
+  let off = IMAGE_PACK_MAGIC.byteLength
+  view.setUint32(off, images.length, true)
+  off += 4
+  images.forEach((img, k) => {
+    const name = names[k] as Uint8Array
+    view.setUint16(off, name.byteLength, true)
+    out.set(name, off + 2)
+    off += 2 + name.byteLength
+    view.setUint32(off, img.bytes.byteLength, true)
+    out.set(img.bytes, off + 4)
+    off += 4 + img.bytes.byteLength
+  })
+  return out
+}
+
+/** The images of a pack, as views into it (no copy); any inconsistency is ERR_BAD_IMAGE_PACK. */
+export function unpackImages (pack: Uint8Array): NamedImage[] {
+  const bad = (why: string): InvalidInputError => new InvalidInputError(`image pack: ${why}`, 'ERR_BAD_IMAGE_PACK')
+  const magic = IMAGE_PACK_MAGIC.byteLength
+  if (pack.byteLength < magic + 4 || !IMAGE_PACK_MAGIC.every((b, i) => pack[i] === b)) throw bad('not an image pack (no TMIMGS1 magic)')
+  const view = new DataView(pack.buffer, pack.byteOffset, pack.byteLength)
+  const count = view.getUint32(magic, true)
+  if (count > MAX_PACK_IMAGES) throw bad(`${count} images, more than ${MAX_PACK_IMAGES}`)
+  // Each entry takes at least 6 bytes: a count the bytes cannot hold is refused before any allocation.
+  if (count * 6 > pack.byteLength - magic - 4) throw bad(`${count} images do not fit in ${pack.byteLength} bytes`)
+  const out: NamedImage[] = []
+  let off = magic + 4
+  for (let k = 0; k < count; k++) {
+    if (off + 2 > pack.byteLength) throw bad(`image ${k}: cut short`)
+    const nameLength = view.getUint16(off, true)
+    if (nameLength > MAX_IMAGE_NAME_BYTES || off + 2 + nameLength + 4 > pack.byteLength) throw bad(`image ${k}: name cut short or longer than ${MAX_IMAGE_NAME_BYTES} bytes`)
+    let name: string
+    try {
+      name = utf8Strict.decode(pack.subarray(off + 2, off + 2 + nameLength))
+    } catch {
+      throw bad(`image ${k}: name is not UTF-8`)
+    }
+    off += 2 + nameLength
+    const bytes = view.getUint32(off, true)
+    if (off + 4 + bytes > pack.byteLength) throw bad(`image ${k} (${name}): ${bytes} bytes announced, fewer left`)
+    out.push({ name, bytes: pack.subarray(off + 4, off + 4 + bytes) })
+    off += 4 + bytes
+  }
+  if (off !== pack.byteLength) throw bad(`${pack.byteLength - off} bytes after the last image`)
+  return out
+}
+
+/** A pack of images [start, end) of `pack`, in order (a shard's). */
+export function slicePack (pack: Uint8Array, start: number, end: number): Uint8Array {
+  return packImages(unpackImages(pack).slice(start, end))
+}

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto'
 import { InvalidInputError } from '../../errors.ts'
 import { describeModel, describePackedModel, parameterCount, unpackModel, viewPackedModel } from '../model.ts'
+import { imageTensor, readImageHeader, slicePack, unpackImages } from '../images.ts'
 import { BYTES_PER_ELEMENT, describe, hostTensor, rowSize, rowSlice, sizeOf } from '../tensor.ts'
 import { checkDType, checkInputs, checkMinRank, checkOutputSize, checkParams, isPlainObject, requireInput, rowsReducer } from './common.ts'
 import type { LayersModel } from '@tensorflow/tfjs-layers'
@@ -8,6 +9,7 @@ import type { GraphModel } from '@tensorflow/tfjs-converter'
 import type { Tensor } from '@tensorflow/tfjs-core'
 import type { ModelArtifacts, ModelInfo, ModelSignature } from '../model.ts'
 import type { HostTensor } from '../tensor.ts'
+import type { NamedImage } from '../images.ts'
 import type { JobPlan, Operator, ShardTask, Tensors, TF } from './types.ts'
 
 /**
@@ -66,12 +68,39 @@ export interface InferParams {
   outputShape: number[]
   /** The layer (layers-model) or node (graph-model) whose output is returned; the model's output if absent. */
   outputLayer?: string
+  /** The rows are images (`blobs.images`, an image pack), decoded and resized to `size`, divided by `scale`, in the worker. */
+  images?: ImageParams
+}
+
+export interface ImageParams {
+  size: [number, number]
+  scale: number
+}
+
+function checkImageParams (value: unknown): ImageParams | undefined {
+  if (value === undefined) return undefined
+  const v = value as Record<string, unknown> | null
+  const size = v?.size
+  const side = (d: unknown): boolean => Number.isSafeInteger(d) && (d as number) >= 1 && (d as number) <= 8192
+  if (v === null || typeof v !== 'object' || Array.isArray(v) || !Array.isArray(size) || size.length !== 2 || !size.every(side) ||
+      typeof v.scale !== 'number' || !Number.isFinite(v.scale) || v.scale <= 0 || Object.keys(v).some(k => k !== 'size' && k !== 'scale')) {
+    throw new InvalidInputError(`${NAME}: params.images must be {"size": [height, width] (1..8192 each), "scale": a positive number (255 maps pixels to [0, 1])}`, 'ERR_BAD_PARAMS')
+  }
+  return { size: [size[0] as number, size[1] as number], scale: v.scale }
+}
+
+/** A model taking images must take [h, w, 3] at the size the job resizes to. */
+function checkImageModel (images: ImageParams, info: ModelInfo): void {
+  const want = [images.size[0], images.size[1], 3]
+  if (!eq(info.inputShape, want)) {
+    throw new InvalidInputError(`${NAME}: the images are resized to ${dims(want)} but the model takes [n, ${info.inputShape.join(', ')}]; set params.images.size to the model's height and width`, 'ERR_SHAPE_MISMATCH')
+  }
 }
 
 function checkBlob (blobs: unknown): Uint8Array {
   if (!isPlainObject(blobs)) throw new InvalidInputError(`${NAME}: blobs.model is missing; it must hold a packed TF.js model (packModel)`, 'ERR_MISSING_MODEL')
   for (const key of Object.keys(blobs)) {
-    if (key !== 'model') throw new InvalidInputError(`${NAME}: unexpected blob '${key}'; expected: model`, 'ERR_BAD_INPUT')
+    if (key !== 'model' && key !== 'images') throw new InvalidInputError(`${NAME}: unexpected blob '${key}'; expected: model, images`, 'ERR_BAD_INPUT')
   }
   const model = blobs.model
   if (!(model instanceof Uint8Array)) throw new InvalidInputError(`${NAME}: blobs.model is missing; it must hold a packed TF.js model (packModel)`, 'ERR_MISSING_MODEL')
@@ -115,18 +144,34 @@ function checkOutputLayer (value: unknown): string | undefined {
 const eq = (a: readonly number[], b: readonly number[]): boolean => a.length === b.length && a.every((d, i) => d === b[i])
 const dims = (s: readonly number[]): string => `[${s.join(', ')}]`
 
+/** The images blob of a job or task whose rows are images; refuses x beside it, and images without params.images. */
+function imagePack (inputs: unknown, blobs: unknown, images: ImageParams | undefined): NamedImage[] | undefined {
+  const pack = isPlainObject(blobs) ? blobs.images : undefined
+  if (images === undefined) {
+    if (pack !== undefined) throw new InvalidInputError(`${NAME}: blobs.images needs params.images {"size", "scale"}`, 'ERR_BAD_PARAMS')
+    return undefined
+  }
+  if (!(pack instanceof Uint8Array)) throw new InvalidInputError(`${NAME}: params.images is given but there are no images (blobs.images)`, 'ERR_MISSING_INPUT')
+  checkInputs(NAME, inputs, [])
+  return unpackImages(pack)
+}
+
 /** A task's params and blob, checked against each other: the shapes it carries must be the model's. */
-function checkTask (task: ShardTask): { x: HostTensor, bytes: Uint8Array, params: InferParams, info: ModelInfo } {
-  const p = checkParams(NAME, task.params, ['batchSize', 'inputShape', 'outputShape', 'outputLayer'])
+function checkTask (task: ShardTask): { x: HostTensor | NamedImage[], bytes: Uint8Array, params: InferParams, info: ModelInfo } {
+  const p = checkParams(NAME, task.params, ['batchSize', 'inputShape', 'outputShape', 'outputLayer', 'images'])
   const params: InferParams = { batchSize: checkBatch(p.batchSize), inputShape: shapeList(p.inputShape, 'inputShape'), outputShape: shapeList(p.outputShape, 'outputShape') }
   const outputLayer = checkOutputLayer(p.outputLayer)
   if (outputLayer !== undefined) params.outputLayer = outputLayer
+  const images = checkImageParams(p.images)
+  if (images !== undefined) params.images = images
   const bytes = checkBlob(task.blobs)
   const info = describePackedModel(bytes, { outputLayer })
   if (!eq(info.inputShape, params.inputShape) || !eq(info.outputShape, params.outputShape)) {
     throw new InvalidInputError(`${NAME}: the task's shapes ${dims(params.inputShape)} -> ${dims(params.outputShape)} do not match its model's (${dims(info.inputShape)} -> ${dims(info.outputShape)})`, 'ERR_MODEL_MISMATCH')
   }
-  return { x: checkX(task.inputs, info), bytes, params, info }
+  const list = imagePack(task.inputs, task.blobs, images)
+  if (images !== undefined) checkImageModel(images, info)
+  return { x: list ?? checkX(task.inputs, info), bytes, params, info }
 }
 
 /** A model loaded in this worker, and the truncated views of it that outputLayer asked for. */
@@ -219,43 +264,69 @@ export const infer: Operator<InferParams> = {
     if (isPlainObject(params) && 'model' in params) {
       throw new InvalidInputError(`${NAME}: params.model is a job file's path to a model.json; the client loads it (readModelDir + packModel) into blobs.model`, 'ERR_BAD_PARAMS')
     }
-    const p = checkParams(NAME, params, ['batchSize', 'outputLayer'])
+    const p = checkParams(NAME, params, ['batchSize', 'outputLayer', 'images'])
     const batchSize = checkBatch(p.batchSize)
     const outputLayer = checkOutputLayer(p.outputLayer)
+    const images = checkImageParams(p.images)
     const bytes = checkBlob(blobs)
     const model = viewPackedModel(bytes)
     const info = describeModel(model, { outputLayer })
-    const x = checkX(inputs, info)
-    const n = x.shape[0] as number
-    if (n === 0) throw new InvalidInputError(`${NAME}: x is ${describe(x)}; it needs at least one row`, 'ERR_EMPTY_INPUT')
+    const list = imagePack(inputs, blobs, images)
+    let n: number
+    let bytesPerRow: number
+    if (list !== undefined && images !== undefined) {
+      checkImageModel(images, info)
+      // Every file's structure is walked here, so a truncated or mislabelled one fails before a shard starts, by name.
+      for (const img of list) readImageHeader(img.bytes, img.name)
+      n = list.length
+      if (n === 0) throw new InvalidInputError(`${NAME}: params.images is given but the job names no image`, 'ERR_EMPTY_INPUT')
+      bytesPerRow = list.reduce((sum, img) => sum + img.bytes.byteLength, 0) / n
+    } else {
+      const x = checkX(inputs, info)
+      n = x.shape[0] as number
+      if (n === 0) throw new InvalidInputError(`${NAME}: x is ${describe(x)}; it needs at least one row`, 'ERR_EMPTY_INPUT')
+      bytesPerRow = rowSize(x) * BYTES_PER_ELEMENT
+    }
     const outShape = [n, ...info.outputShape]
     checkOutputSize(NAME, outShape)
     const planParams: InferParams = { batchSize, inputShape: info.inputShape, outputShape: info.outputShape }
     if (outputLayer !== undefined) planParams.outputLayer = outputLayer
+    if (images !== undefined) planParams.images = images
     return {
       op: NAME,
       units: n,
       // From the layer or op shapes; never below a multiply and an add per weight per row, the old (dense-only) estimate.
-      cost: { flopsPerUnit: Math.max(info.flopsPerRow, 2 * parameterCount(model.weightSpecs)), bytesInPerUnit: rowSize(x) * BYTES_PER_ELEMENT, bytesInFixed: bytes.byteLength, bytesOutPerUnit: sizeOf(info.outputShape) * BYTES_PER_ELEMENT },
+      cost: { flopsPerUnit: Math.max(info.flopsPerRow, 2 * parameterCount(model.weightSpecs)), bytesInPerUnit: bytesPerRow, bytesInFixed: bytes.byteLength, bytesOutPerUnit: sizeOf(info.outputShape) * BYTES_PER_ELEMENT },
       params: planParams,
       output: { dtype: 'float32', shape: outShape }
     }
   },
 
-  shard (plan, inputs, range, blobs) {
-    const x = requireInput(inputs, 'x')
-    const { batchSize, inputShape, outputShape, outputLayer } = plan.params
+  shard (plan, inputs, range, blobs): ShardTask {
+    const { batchSize, inputShape, outputShape, outputLayer, images } = plan.params
     const params: InferParams = { batchSize, inputShape, outputShape }
     if (outputLayer !== undefined) params.outputLayer = outputLayer
-    return { op: NAME, params: { ...params }, inputs: { x: rowSlice(x, range.start, range.end) }, blobs: { model: checkBlob(blobs) } }
+    const model = checkBlob(blobs)
+    if (images !== undefined) {
+      // The shard's own images only, as a pack of their file bytes: the peer decodes them.
+      const pack = (blobs as Record<string, Uint8Array>).images as Uint8Array
+      const none: Tensors = {}
+      return { op: NAME, params: { ...params, images }, inputs: none, blobs: { model, images: slicePack(pack, range.start, range.end) } }
+    }
+    const x = requireInput(inputs, 'x')
+    return { op: NAME, params: { ...params }, inputs: { x: rowSlice(x, range.start, range.end) }, blobs: { model } }
   },
 
   validateTask (task) {
-    return checkTask(task).x.shape[0] as number
+    const { x } = checkTask(task)
+    return Array.isArray(x) ? x.length : x.shape[0] as number
   },
 
   async map (tf, task): Promise<Tensors> {
-    const { x, bytes, params, info } = checkTask(task)
+    const checked = checkTask(task)
+    const { bytes, params, info } = checked
+    // Images are decoded here, in the worker: the map work the mesh shares out.
+    const x = Array.isArray(checked.x) ? imageTensor(checked.x, params.images?.size ?? [0, 0], params.images?.scale ?? 1) : checked.x
     const loaded = await loadModel(tf, bytes, info, params)
     const layers = loaded.format === 'layers-model' ? await import('@tensorflow/tfjs-layers') : undefined
     const view = loaded.format === 'layers-model' ? layersView(loaded, params, layers as typeof import('@tensorflow/tfjs-layers')) : undefined

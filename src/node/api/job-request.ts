@@ -2,6 +2,8 @@ import { Readable } from 'node:stream'
 import { InvalidInputError, LimitExceededError, errorMessage } from '../../errors.ts'
 import { decodeNpy } from '../../compute/npy.ts'
 import { hostTensor, isDType } from '../../compute/tensor.ts'
+import { packImages } from '../../compute/images.ts'
+import type { NamedImage } from '../../compute/images.ts'
 import type { JobSpec } from '../jobs/job.ts'
 import type { Tensors, Params } from '../../compute/operators/types.ts'
 import type { IncomingMessage } from 'node:http'
@@ -177,8 +179,15 @@ export async function readJobRequest (req: IncomingMessage, maxTensorBytes: numb
   const blobs: Record<string, Uint8Array> = {}
   await blobRefs((specValue as { blobs?: unknown }).blobs, resolve, blobs)
   await resolveRefs((specValue as { inputs?: unknown }).inputs, resolveInput, inputs)
+  const images: NamedImage[] = []
   for (const [name, part] of form.entries()) {
     if (name === 'spec') continue
+    // Parts named "image" are image files, in order; their file names name them in errors.
+    if (name === 'image') {
+      if (typeof part === 'string') throw new InvalidInputError('part image must be a file part (a JPEG or PNG), not a text field', 'ERR_BAD_SPEC')
+      images.push({ name: part.name === '' ? `image ${images.length}` : part.name, bytes: new Uint8Array(await part.arrayBuffer()) })
+      continue
+    }
     // A part named blob.NAME carries opaque bytes (a packed model), not a tensor.
     const blob = /^blob\.(.+)$/.exec(name)?.[1]
     const key = blob ?? name
@@ -187,6 +196,10 @@ export async function readJobRequest (req: IncomingMessage, maxTensorBytes: numb
     if (blob === undefined && Object.hasOwn(inputs, key)) throw new InvalidInputError(`input ${key} is both a part and a reference in the spec`, 'ERR_BAD_SPEC')
     if (blob !== undefined) blobs[key] = new Uint8Array(await part.arrayBuffer())
     else inputs[key] = decodeNpy(new Uint8Array(await part.arrayBuffer()), key, { maxTensorBytes })
+  }
+  if (images.length > 0) {
+    if (Object.hasOwn(blobs, 'images')) throw new InvalidInputError('a job has image parts and a blob named images: one or the other', 'ERR_BAD_SPEC')
+    blobs.images = packImages(images)
   }
   return { op: op as string, params, inputs, ...extras(specValue as Record<string, unknown>), ...(Object.keys(blobs).length > 0 ? { blobs } : {}) }
 }

@@ -1,4 +1,4 @@
-import { readFile, writeFile } from 'node:fs/promises'
+import { access, glob, readFile, writeFile } from 'node:fs/promises'
 import { dirname, resolve } from 'node:path'
 import { InvalidInputError, errorMessage } from '../../errors.ts'
 import { decodeNpy } from '../../compute/npy.ts'
@@ -6,13 +6,25 @@ import { packModel, readModelDir } from '../../compute/model.ts'
 import { describe } from '../../compute/tensor.ts'
 import { MeshClient } from '../client/index.ts'
 import type { JobView } from '../jobs/job.ts'
+import type { HostTensor } from '../../compute/tensor.ts'
 
 /**
  * An input of a job file: a .npy path (relative to the file), an earlier
  * job's result ({"job": ID}, or {"job": "$N"} for step N of the same
  * pipeline file), or a stored .npy by CID ({"cid": CID}).
  */
-export type JobInput = string | { job: string } | { cid: string }
+export type JobInput = string | { job: string } | { cid: string } | ImagesInput
+
+/**
+ * Images as an input: files or globs relative to the job file, in order
+ * (each glob's matches sorted by name), resized to `size` [height, width]
+ * and divided by `scale` (default 255) on the peers that run the shards.
+ */
+export interface ImagesInput {
+  images: string[]
+  size: [number, number]
+  scale?: number
+}
 
 /** A job file: {"op": NAME, "inputs": {NAME: INPUT}, "params": {...}}, paths relative to the file. */
 export interface JobFile {
@@ -27,11 +39,20 @@ export interface JobFile {
 function checkInput (path: string, name: string, value: unknown): JobInput {
   if (typeof value === 'string') return value
   const v = value as Record<string, unknown> | null
+  if (v !== null && typeof v === 'object' && !Array.isArray(v) && 'images' in v) {
+    const size = v.size
+    if (!Array.isArray(v.images) || v.images.length === 0 || !v.images.every(p => typeof p === 'string' && p !== '') ||
+        !Array.isArray(size) || size.length !== 2 || !size.every(d => Number.isSafeInteger(d) && d > 0) ||
+        (v.scale !== undefined && (typeof v.scale !== 'number' || !(v.scale > 0))) || Object.keys(v).some(k => !['images', 'size', 'scale'].includes(k))) {
+      throw new InvalidInputError(`job file ${path}: input ${name} must be {"images": ["photos/*.jpg", ...], "size": [height, width], "scale": 255}`, 'ERR_JOB_FILE')
+    }
+    return { images: v.images as string[], size: [size[0] as number, size[1] as number], ...(v.scale !== undefined ? { scale: v.scale as number } : {}) }
+  }
   if (v !== null && typeof v === 'object' && !Array.isArray(v) && Object.keys(v).length === 1) {
     if (typeof v.job === 'string' && v.job !== '') return { job: v.job }
     if (typeof v.cid === 'string' && v.cid !== '') return { cid: v.cid }
   }
-  throw new InvalidInputError(`job file ${path}: input ${name} must be a .npy path, {"job": ID} or {"cid": CID}`, 'ERR_JOB_FILE')
+  throw new InvalidInputError(`job file ${path}: input ${name} must be a .npy path, {"job": ID}, {"cid": CID} or {"images": [...], "size": [h, w]}`, 'ERR_JOB_FILE')
 }
 
 /**
@@ -121,8 +142,18 @@ export async function jobForm (path: string, job: JobFile, steps: string[] = [])
       form.set('blob.model', new Blob([packModel(artifacts) as Uint8Array<ArrayBuffer>]), 'model.tmmodel')
     }
   }
+  delete params.labels // the client's own: it names the classes when it prints the result
+  let imageInputs = 0
   for (const [name, input] of Object.entries(job.inputs)) {
     if (typeof input === 'string') continue
+    if ('images' in input) {
+      if (++imageInputs > 1) throw new InvalidInputError(`job file ${path}: only one input may be images`, 'ERR_JOB_FILE')
+      const files = await expandImages(path, input.images)
+      params.images = { size: input.size, scale: input.scale ?? 255 }
+      // Each part is a file as it is on disk; the node packs them, the peers decode them.
+      for (const f of files) form.append('image', new Blob([await readFile(f.path) as Uint8Array<ArrayBuffer>]), f.name)
+      continue
+    }
     refs[name] = 'job' in input && input.job.startsWith('$') ? { job: steps[Number(input.job.slice(1))] ?? input.job } : input
   }
   if (Object.keys(refs).length > 0) spec.inputs = refs
@@ -140,6 +171,69 @@ export async function jobForm (path: string, job: JobFile, steps: string[] = [])
     form.set(name, new Blob([bytes as Uint8Array<ArrayBuffer>]), `${name}.npy`)
   }
   return form
+}
+
+/** The files an images input names, in order: each glob's matches sorted, duplicates kept once. */
+export async function expandImages (jobFile: string, patterns: string[]): Promise<Array<{ path: string, name: string }>> {
+  const base = dirname(jobFile)
+  const seen = new Set<string>()
+  const out: Array<{ path: string, name: string }> = []
+  for (const pattern of patterns) {
+    const matches: string[] = []
+    if (/[*?[{]/.test(pattern)) {
+      for await (const m of glob(pattern, { cwd: base })) matches.push(m)
+      matches.sort()
+      if (matches.length === 0) throw new InvalidInputError(`job file ${jobFile}: images pattern ${pattern} matches no file`, 'ERR_JOB_FILE')
+    } else {
+      matches.push(pattern)
+    }
+    for (const m of matches) {
+      const full = resolve(base, m)
+      if (seen.has(full)) continue
+      seen.add(full)
+      out.push({ path: full, name: m })
+    }
+  }
+  for (const f of out) {
+    try {
+      await access(f.path)
+    } catch {
+      throw new InvalidInputError(`job file ${jobFile}: image ${f.name} does not exist`, 'ERR_JOB_FILE')
+    }
+  }
+  return out
+}
+
+/** The class names of `params.labels` (a JSON list of strings, relative to the job file), or undefined. */
+export async function readLabels (jobFile: string, job: JobFile): Promise<string[] | undefined> {
+  const rel = job.params.labels
+  if (rel === undefined) return undefined
+  if (typeof rel !== 'string') throw new InvalidInputError(`job file ${jobFile}: params.labels must be the path of a JSON list of class names`, 'ERR_JOB_FILE')
+  const value = await readJson(resolve(dirname(jobFile), rel))
+  if (!Array.isArray(value) || !value.every(l => typeof l === 'string')) throw new InvalidInputError(`job file ${jobFile}: ${rel} must hold a JSON list of class names`, 'ERR_JOB_FILE')
+  return value as string[]
+}
+
+/** Row names for printing: the image files in order, when the job's input is images. */
+async function rowNames (jobFile: string, job: JobFile): Promise<string[] | undefined> {
+  for (const input of Object.values(job.inputs)) {
+    if (typeof input === 'object' && 'images' in input) return (await expandImages(jobFile, input.images)).map(f => f.name)
+  }
+  return undefined
+}
+
+/** Each row's best classes, "name: label p, label p, label p". */
+export function topClasses (result: HostTensor, labels: string[], names: string[] | undefined, k = 3): string[] {
+  const classes = result.shape.at(-1) ?? 0
+  const rows = result.shape.length === 2 ? result.shape[0] ?? 0 : 0
+  if (classes !== labels.length) return [`(the result has ${classes} classes per row, params.labels names ${labels.length})`]
+  const lines: string[] = []
+  for (let r = 0; r < rows; r++) {
+    const row = Array.from(result.data.subarray(r * classes, (r + 1) * classes))
+    const order = row.map((p, i) => [p, i] as const).sort((a, b) => b[0] - a[0] || a[1] - b[1]).slice(0, k)
+    lines.push(`${names?.[r] ?? `row ${r}`}: ${order.map(([p, i]) => `${labels[i] ?? i} ${p.toFixed(3)}`).join(', ')}`)
+  }
+  return lines
 }
 
 /** What a job's progress counts: training rounds, or shards. */
@@ -184,6 +278,8 @@ export async function submitCommand (opts: SubmitOptions): Promise<number> {
     ids.push(done.id)
   }
   const file = steps.at(-1) as JobFile
+  // Read before anything runs: a wrong labels file is a mistake in the job file.
+  const labels = await readLabels(opts.file, file)
   const submitted = await client.submitForm(await jobForm(opts.file, file, ids))
   const tty = process.stderr.isTTY && !opts.json
   let lastPlain = -1
@@ -206,8 +302,11 @@ export async function submitCommand (opts: SubmitOptions): Promise<number> {
       await writeFile(outPath, await submitted.resultBytes())
     }
   }
+  let top: string[] | undefined
+  if (labels !== undefined && job.state === 'succeeded' && job.model === undefined) top = topClasses(await submitted.result(), labels, await rowNames(opts.file, file))
   if (opts.json) {
     process.stdout.write(JSON.stringify({
+      ...(top !== undefined ? { top } : {}),
       id: job.id,
       state: job.state,
       elapsedMs: job.elapsedMs,
@@ -218,6 +317,7 @@ export async function submitCommand (opts: SubmitOptions): Promise<number> {
     }) + '\n')
   } else {
     printSummary(job, outPath)
+    if (top !== undefined) process.stdout.write(top.map(l => `  ${l}`).join('\n') + '\n')
   }
   return job.state === 'succeeded' ? 0 : 1
 }
