@@ -19,10 +19,14 @@ import { ExecutorPool } from '../src/compute/pool.ts'
 import { prng } from '../src/compute/random.ts'
 import type { HostTensor } from '../src/compute/tensor.ts'
 import { ApiClient } from '../src/node/client/api-client.ts'
+import { RemoteJob } from '../src/node/client/mesh-client.ts'
 import { createLogger, silentLogger } from '../src/node/log.ts'
 import { readSwarmKey, writeSwarmKey } from '../src/node/access/index.ts'
 import { MeshNode } from '../src/node/mesh-node.ts'
 import { Testnet, log, median, randomTensor, runJob, sleep, startCli } from './bench/lib.ts'
+import { EXAMPLE_PHOTOS, writeExampleModels, writeExamplePhotos } from './examples-models.ts'
+import { packImages } from '../src/compute/images.ts'
+import { packModel, readModelDir } from '../src/compute/model.ts'
 import type { PeerView } from '../src/node/api/server.ts'
 import type { JobView } from '../src/node/jobs/job.ts'
 
@@ -46,7 +50,7 @@ function record (f: Figure): void {
 const round = (x: number): number => Math.abs(x) >= 100 ? Math.round(x) : Math.round(x * 100) / 100
 
 const { values } = parseArgs({ options: { only: { type: 'string' }, 'fault-rows': { type: 'string' } } })
-const sections = values.only?.split(',') ?? ['compute', 'pool', 'mesh', 'overhead', 'transfer', 'trust', 'convergence', 'faults', 'scaling']
+const sections = values.only?.split(',') ?? ['compute', 'pool', 'mesh', 'overhead', 'transfer', 'trust', 'convergence', 'faults', 'scaling', 'images']
 const started = Date.now()
 
 // ---------------------------------------------------------------- compute
@@ -581,8 +585,75 @@ async function checkSampledRows (api: string, id: string, a: HostTensor, b: Host
   log(`job ${id}: 16 sampled rows equal float64 references within 1e-4`)
 }
 
+// ---------------------------------------------------------------- images
+/**
+ * MobileNetV2 (nsfwjs, via examples:models) on the five example photos,
+ * repeated to IMAGES_PER_JOB: files in, decoded, resized and classified on
+ * the peers. Baseline: the same task (decode, resize, predict, batch 8) in
+ * one executor worker of this process. With root, nodes sit in namespaces
+ * pinned to a core each (--netns --cpus), as the issue's 2-vs-1 figure asks.
+ */
+const IMAGES_PER_JOB = 40
+async function imagesSection (): Promise<void> {
+  const work = await mkdtemp(join(tmpdir(), 'tm-bench-images-'))
+  await writeExampleModels(join(work, 'models'))
+  await writeExamplePhotos(join(work, 'images'))
+  const model = packModel(await readModelDir(join(work, 'models', 'mobilenet-v2', 'model.json')))
+  const files = await Promise.all(EXAMPLE_PHOTOS.map(async n => ({ name: `${n}.jpg`, bytes: new Uint8Array(await readFile(join(work, 'images', `${n}.jpg`))) })))
+  const list = Array.from({ length: IMAGES_PER_JOB }, (_, i) => ({ ...files[i % files.length] as { name: string, bytes: Uint8Array }, name: `${i}-${files[i % files.length]?.name ?? ''}` }))
+  const params = { images: { size: [224, 224], scale: 255 }, batchSize: 8 }
+
+  const pool = new ExecutorPool({ backend: 'auto', workers: 1, calibrate: false })
+  await pool.start()
+  const local: number[] = []
+  try {
+    const task = { op: 'infer', params: { ...params, inputShape: [224, 224, 3], outputShape: [5] }, inputs: {}, blobs: { model, images: packImages(list) } }
+    await pool.run(task)
+    for (let rep = 0; rep < 3; rep++) {
+      const t0 = performance.now()
+      await pool.run(task)
+      local.push(IMAGES_PER_JOB / ((performance.now() - t0) / 1000))
+    }
+  } finally {
+    await pool.stop()
+  }
+  const inProcess = median(local)
+  record({ section: 'images', name: `MobileNetV2 on ${IMAGES_PER_JOB} JPEGs (decode, resize, predict; batch 8), one worker in one process`, value: inProcess, unit: 'images/s' })
+
+  const root = process.getuid?.() === 0
+  const flags = root ? ['--netns', '--cpus', '--workers', '1'] : ['--workers', '1']
+  const where = root ? 'one core each, netns' : 'loopback, cores shared'
+  const rate = async (nodes: number): Promise<number> => {
+    const net = await Testnet.start(nodes, flags)
+    try {
+      const api = net.node(0).api
+      const once = async (): Promise<JobView> => {
+        const form = new FormData()
+        form.set('spec', JSON.stringify({ op: 'infer', params }))
+        form.set('blob.model', new Blob([model as Uint8Array<ArrayBuffer>]), 'model.tmmodel')
+        for (const f of list) form.append('image', new Blob([f.bytes as Uint8Array<ArrayBuffer>]), f.name)
+        const client = new ApiClient(api)
+        const submitted = await (await client.request('POST', '/v1/jobs', form)).json() as JobView
+        const job = await new RemoteJob(client, submitted.id).wait()
+        if (job.state !== 'succeeded') throw new Error(`job ${job.id} ${job.state}: ${job.error?.message ?? ''}`)
+        return job
+      }
+      await once()
+      const rates: number[] = []
+      for (let rep = 0; rep < 3; rep++) rates.push(IMAGES_PER_JOB / (jobMs(await once()) / 1000))
+      return median(rates)
+    } finally {
+      await net.stop()
+    }
+  }
+  const one = await rate(1)
+  record({ section: 'images', name: `the same job, 1 node (${where})`, value: one, unit: 'images/s', baseline: { name: 'one worker in one process', value: inProcess, unit: 'images/s' }, ratio: one / inProcess, goal: '>= 0.8' })
+  const two = await rate(2)
+  record({ section: 'images', name: `the same job, 2 nodes (${where})`, value: two, unit: 'images/s', baseline: { name: '1 node', value: one, unit: 'images/s' }, ratio: two / one, goal: root ? '>= 1.7' : undefined, note: root ? 'ratio = speedup' : 'ratio = speedup; two nodes and their workers share the 2 cores with this process: run as root for the pinned figure' })
+}
+
 const run: Record<string, () => Promise<void>> = {
-  compute: computeSection, pool: poolSection, mesh: meshSection, overhead: overheadSection, transfer: transferSection, trust: trustSection, convergence: convergenceSection, faults: faultsSection, scaling: scalingSection
+  compute: computeSection, pool: poolSection, mesh: meshSection, overhead: overheadSection, transfer: transferSection, trust: trustSection, convergence: convergenceSection, faults: faultsSection, scaling: scalingSection, images: imagesSection
 }
 for (const s of sections) {
   const f = run[s]
