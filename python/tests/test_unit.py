@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from conftest import Recorder, closed_port
-from helpers import dense_model, small_weights
-from tensormesh import Mesh, TensormeshError, TensormeshWarning, pack_model, prepare_array, read_model_dir, unpack_model, write_model_dir
+from helpers import dense_model, graph_model, quantised_model, quantised_weights, small_weights
+from tensormesh import CidRef, Job, JobRef, Mesh, TensormeshError, TensormeshWarning, pack_model, prepare_array, read_model_dir, unpack_model, write_model_dir
 from tensormesh.arrays import MultipartBody, npy_header, read_npy_into
 from tensormesh.client import _SSEParser
 from tensormesh.progress import ProgressDisplay
@@ -95,6 +95,103 @@ def test_multipart_body_is_exact_and_parses(recorder: Recorder) -> None:
     assert json.loads(parts["spec"]) == {"op": "matmul", "params": {"x": 3}, "verify": {"replicas": 2}}
     np.testing.assert_array_equal(np.load(io.BytesIO(parts["a"])), a)
     np.testing.assert_array_equal(np.load(io.BytesIO(parts["b"])), b)
+
+
+# -- inputs by reference ---------------------------------------------------------
+
+
+CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+
+
+def sent_spec(rec: Recorder) -> Dict[str, Any]:
+    req = rec.requests[-1]
+    assert req["method"] == "POST" and req["path"] == "/v1/jobs"
+    return dict(json.loads(parse_multipart(req["headers"]["Content-Type"], req["body"])["spec"]))
+
+
+def test_references_go_in_the_spec_and_arrays_as_parts(recorder: Recorder) -> None:
+    recorder.body = json.dumps({"id": "j2", "op": "matmul", "state": "queued"}).encode()
+    mesh = Mesh(recorder.url)
+    earlier = Job(mesh, {"id": "j1", "op": "map", "state": "succeeded"})  # finished: no request to wait for it
+    forms = [
+        ({"a": earlier}, {"a": {"job": "j1"}}),
+        ({"a": JobRef(earlier)}, {"a": {"job": "j1"}}),
+        ({"a": JobRef("j0")}, {"a": {"job": "j0"}}),
+        ({"a": {"job": "j0"}}, {"a": {"job": "j0"}}),
+        ({"a": {"job": earlier}}, {"a": {"job": "j1"}}),
+        ({"a": CidRef(CID)}, {"a": {"cid": CID}}),
+        ({"a": {"cid": CID}}, {"a": {"cid": CID}}),
+    ]
+    b = np.arange(6, dtype=np.float32).reshape(3, 2)
+    for inputs, expected in forms:
+        mesh.submit("matmul", {**inputs, "b": b}, {"k": 1})
+        req = recorder.requests[-1]
+        parts = parse_multipart(req["headers"]["Content-Type"], req["body"])
+        assert set(parts) == {"spec", "b"}, inputs  # the reference is no part of its own
+        assert json.loads(parts["spec"]) == {"op": "matmul", "params": {"k": 1}, "inputs": expected}
+        np.testing.assert_array_equal(np.load(io.BytesIO(parts["b"])), b)
+    # Only references: the body is the spec alone. Without any, the spec has no "inputs" (as before).
+    mesh.submit("reduce", {"x": earlier}, {"op": "sum"})
+    assert set(parse_multipart(recorder.requests[-1]["headers"]["Content-Type"], recorder.requests[-1]["body"])) == {"spec"}
+    assert sent_spec(recorder) == {"op": "reduce", "params": {"op": "sum"}, "inputs": {"x": {"job": "j1"}}}
+    mesh.submit("sort", {"x": b.ravel()})
+    assert "inputs" not in sent_spec(recorder)
+    assert len(recorder.requests) == len(forms) + 2  # nothing asked about the finished job
+
+
+def test_shortcuts_take_references(recorder: Recorder) -> None:
+    recorder.body = json.dumps({"id": "j2", "op": "reduce", "state": "queued"}).encode()
+    mesh = Mesh(recorder.url)
+    earlier = Job(mesh, {"id": "j1", "op": "map", "state": "succeeded"})
+    with pytest.raises(TensormeshError):  # the recorder is no node: result() fails once the job is in
+        mesh.reduce(earlier, "sum", axis=0, timeout=5)
+    post = next(r for r in recorder.requests if r["method"] == "POST")
+    spec = json.loads(parse_multipart(post["headers"]["Content-Type"], post["body"])["spec"])
+    assert spec["inputs"] == {"x": {"job": "j1"}} and spec["params"] == {"op": "sum", "axis": 0}
+    with pytest.raises(TensormeshError) as e:
+        mesh.histogram(earlier, 8)
+    assert e.value.code == "ERR_BAD_ARGUMENT" and "range=" in e.value.message
+
+
+def test_a_running_job_is_waited_for_before_it_is_named(recorder: Recorder) -> None:
+    node = FakeNode([view("running"), view("succeeded")], view("succeeded"), hold_open=False)
+    try:
+        recorder.body = json.dumps({"id": "j2", "op": "reduce", "state": "queued"}).encode()
+        earlier = Job(Mesh(node.url), view("queued"))
+        Mesh(recorder.url).submit("reduce", {"x": earlier})
+        assert node.streams == 1 and earlier.state == "succeeded"
+        assert sent_spec(recorder)["inputs"] == {"x": {"job": "job-1"}}
+        # An id is sent as is: the node says whether that job is ready.
+        Mesh(recorder.url).submit("reduce", {"x": JobRef("job-9")})
+        assert node.streams == 1 and sent_spec(recorder)["inputs"] == {"x": {"job": "job-9"}}
+    finally:
+        node.close()
+
+
+@pytest.mark.parametrize("value, says", [
+    ({"job": "j1", "cid": CID}, "nothing else"),
+    ({"job": "j1", "extra": 1}, "nothing else"),
+    ({"job": ""}, "job id"),
+    ({"job": "x" * 65}, "job id"),
+    ({"job": 7}, "job id"),
+    ({"cid": None}, "CID"),
+    ({"cid": "b" * 129}, "CID"),
+])
+def test_bad_references_fail_before_any_request(recorder: Recorder, value: Dict[str, Any], says: str) -> None:
+    with pytest.raises(TensormeshError) as e:
+        Mesh(recorder.url).submit("reduce", {"x": value})
+    assert e.value.code == "ERR_BAD_ARGUMENT" and says in e.value.message and "'x'" in e.value.message
+    assert recorder.requests == []
+
+
+def test_reference_objects() -> None:
+    assert JobRef("j1") == JobRef("j1") and JobRef("j1").to_json() == {"job": "j1"}
+    assert CidRef(CID).to_json() == {"cid": CID} and repr(CidRef(CID)) == f"CidRef({CID!r})"
+    for bad in (None, "", 3):
+        with pytest.raises(TensormeshError):
+            JobRef(bad)  # type: ignore[arg-type]
+    with pytest.raises(TensormeshError):
+        CidRef(b"baf")  # type: ignore[arg-type]
 
 
 def test_multipart_streams_views_of_the_array() -> None:
@@ -351,6 +448,58 @@ def test_model_weight_bytes_must_match_specs(tmp_path: Path) -> None:
     with pytest.raises(TensormeshError) as e:
         pack_model(folder)
     assert e.value.code == "ERR_BAD_MODEL" and "bytes" in e.value.message
+
+
+def test_quantised_and_graph_models_pack_at_their_stored_width(tmp_path: Path) -> None:
+    from tensormesh import model_format
+    from tensormesh.model import stored_bytes
+
+    packed = pack_model(quantised_model(tmp_path / "q"))
+    a = unpack_model(packed)
+    assert a.weight_data == b"".join(t.tobytes() for t in quantised_weights().values())
+    assert [stored_bytes(s) for s in a.weight_specs] == [60, 20, 27, 6, 14, 5]
+    assert [s.get("quantization", {}).get("dtype") for s in a.weight_specs] == [None, None, "uint8", "uint16", "float16", "uint8"]
+    g = unpack_model(pack_model(graph_model(tmp_path / "g")))
+    assert g.format == "graph-model" and g.converted_by == "TensorFlow.js Converter v1.7.4r1" and len(g.weight_data) == 12 + 6
+    assert model_format(g.model_topology) == "graph-model" and model_format(a.model_topology) == "layers-model"
+    # Written out without a format, a graph-model's model.json says graph-model (as the node's writeModelDir).
+    g.format = None
+    assert json.loads((write_model_dir(tmp_path / "gw", g) / "model.json").read_text())["format"] == "graph-model"
+    with pytest.raises(TensormeshError) as e:
+        model_format(g.model_topology, "saved-model")
+    assert e.value.code == "ERR_UNSUPPORTED_MODEL"
+
+
+@pytest.mark.parametrize("spec, code, says", [
+    ({"name": "w", "shape": [2], "dtype": "int32", "quantization": {"dtype": "float16"}}, "ERR_BAD_MODEL", "float32 weights only"),
+    ({"name": "w", "shape": [2], "dtype": "float32", "quantization": {"dtype": "uint8", "scale": 1}}, "ERR_BAD_MODEL", "scale and min"),
+    ({"name": "w", "shape": [2], "dtype": "float32", "quantization": {"dtype": "uint8", "scale": True, "min": 0}}, "ERR_BAD_MODEL", "scale and min"),
+    ({"name": "w", "shape": [2], "dtype": "float32", "quantization": {"dtype": "int8", "scale": 1, "min": 0}}, "ERR_BAD_DTYPE", "uint8, uint16, float16"),
+    ({"name": "w", "shape": [2], "dtype": "float32", "quantization": {"dtype": "uint8", "scale": 1, "min": 0, "bits": 8}}, "ERR_BAD_MODEL", "'bits'"),
+    ({"name": "w", "shape": [2], "dtype": "float32", "group": "opt"}, "ERR_BAD_MODEL", "'group'"),
+    ({"name": "w", "shape": [2**26 + 1], "dtype": "float32", "quantization": {"dtype": "uint8", "scale": 1, "min": 0}}, "ERR_LIMIT_EXCEEDED", "as float32"),
+])
+def test_weight_specs_are_checked_as_the_node_checks_them(spec: Dict[str, Any], code: str, says: str) -> None:
+    from tensormesh.model import check_weight_specs
+
+    with pytest.raises(TensormeshError) as e:
+        check_weight_specs([spec])
+    assert e.value.code == code and says in e.value.message
+
+
+def test_header_json_is_written_as_json_stringify_writes_it() -> None:
+    from tensormesh.model import _js_dumps
+
+    # Values checked against Node 22's JSON.stringify (tests/test_node_parity.py compares more against node itself).
+    cases = {1.0: "1", -0.0: "0", 1e21: "1e+21", 1e20: "100000000000000000000", 1e-7: "1e-7", 1e-6: "0.000001", 1.5e-7: "1.5e-7",
+             0.1 + 0.2: "0.30000000000000004", 5e-324: "5e-324", 123456789012345678901: "123456789012345680000", 2**53 + 1: "9007199254740992",
+             10**400: "null", 1.7976931348623157e308: "1.7976931348623157e+308", -2.5e-10: "-2.5e-10", 100: "100", 3.0e15: "3000000000000000"}
+    for value, text in cases.items():
+        assert _js_dumps(value) == text, value
+    assert _js_dumps({"b": 1, "10": 2, "2": 3, "01": 4, "4294967295": 5, "4294967294": 6}) == '{"2":3,"10":2,"4294967294":6,"b":1,"01":4,"4294967295":5}'
+    assert _js_dumps(["\ud800", "\ud83d\ude00", "\u2028\x00\x7f", "\t\"\\/"]) == '["\\ud800","\U0001f600","\u2028\\u0000\x7f","\\t\\"\\\\/"]'
+    with pytest.raises(ValueError):
+        _js_dumps(float("nan"))
 
 
 # -- following a job: a fake node's event stream ------------------------------------

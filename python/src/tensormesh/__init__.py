@@ -10,15 +10,17 @@ See python/README.md for the API.
 """
 
 from .arrays import prepare_array
-from .client import TERMINAL_STATES, Job, Mesh, Progress, TopK, resolve_token
+from .client import TERMINAL_STATES, CidRef, Job, JobRef, Mesh, Progress, TopK, resolve_token
 from .errors import TensormeshError, TensormeshWarning
-from .model import ModelArtifacts, pack_model, read_model_dir, unpack_model, unpack_model_to_dir, write_model_dir
+from .model import ModelArtifacts, model_format, pack_model, read_model_dir, unpack_model, unpack_model_to_dir, write_model_dir
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Mesh",
     "Job",
+    "JobRef",
+    "CidRef",
     "Progress",
     "TopK",
     "TensormeshError",
@@ -29,6 +31,7 @@ __all__ = [
     "read_model_dir",
     "write_model_dir",
     "unpack_model_to_dir",
+    "model_format",
     "prepare_array",
     "resolve_token",
     "TERMINAL_STATES",

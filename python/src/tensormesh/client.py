@@ -21,12 +21,12 @@ import numpy as np
 import requests
 import urllib3
 
-from .arrays import MultipartBody, normalise_inputs, read_npy_into
+from .arrays import MultipartBody, check_input_name, prepare_array, read_npy_into
 from .errors import TensormeshError
 from .model import ModelArtifacts, pack_model, unpack_model_to_dir
 from .progress import ProgressDisplay
 
-__all__ = ["Mesh", "Job", "Progress", "TopK", "resolve_token", "TERMINAL_STATES"]
+__all__ = ["Mesh", "Job", "JobRef", "CidRef", "Progress", "TopK", "resolve_token", "TERMINAL_STATES"]
 
 JobView = Dict[str, Any]
 PathLike = Union[str, "os.PathLike[str]"]
@@ -45,6 +45,10 @@ _CID = re.compile(r"^baf[a-z2-7]+$")
 _TOKEN = re.compile(r"^[\x21-\x7e]+$")
 
 _CONNECT_TIMEOUT_S = 10.0
+
+#: Longest job id and CID an input reference may carry (src/node/api/job-request.ts).
+MAX_REF_JOB_ID = 64
+MAX_REF_CID = 128
 
 #: "Use the Mesh's own timeout" for Mesh.request's read_timeout (None already means "no bound").
 _DEFAULT: Any = object()
@@ -183,6 +187,95 @@ def _socket_of(res: requests.Response) -> Any:
     return getattr(conn, "sock", None)
 
 
+class JobRef:
+    """A job input that is an earlier job's result on the node the new job goes to.
+
+    ``JobRef(job)`` takes a :class:`Job` or a job id. The node uses the
+    result where it is (it never comes back to the client); the job must be
+    one of that node's and must have succeeded. A :class:`Job` given here (or
+    as the input itself) is waited for first; an id is sent as is. In the
+    job spec it is ``{"job": ID}``.
+    """
+
+    __slots__ = ("id", "job")
+
+    def __init__(self, job: Union[str, "Job"]) -> None:
+        if isinstance(job, Job):
+            self.id: str = job.id
+            self.job: Optional[Job] = job
+        elif isinstance(job, str) and 0 < len(job) <= MAX_REF_JOB_ID:
+            self.id, self.job = job, None
+        else:
+            raise TensormeshError("ERR_BAD_ARGUMENT", f"JobRef takes a Job or a job id (a string of 1 to {MAX_REF_JOB_ID} characters), not {job!r:.80}")
+
+    def to_json(self) -> Dict[str, str]:
+        return {"job": self.id}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, JobRef) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(("job", self.id))
+
+    def __repr__(self) -> str:
+        return f"JobRef({self.id!r})"
+
+
+class CidRef:
+    """A job input that is a ``.npy`` the mesh stores (``PUT /v1/blobs``), by its CID: ``{"cid": CID}`` in the spec.
+
+    The node reads it from its own store, else from a peer that has it.
+    """
+
+    __slots__ = ("cid",)
+
+    def __init__(self, cid: str) -> None:
+        if not isinstance(cid, str) or not 0 < len(cid) <= MAX_REF_CID:
+            raise TensormeshError("ERR_BAD_ARGUMENT", f"CidRef takes a CID (a string of 1 to {MAX_REF_CID} characters), not {cid!r:.80}")
+        self.cid = cid
+
+    def to_json(self) -> Dict[str, str]:
+        return {"cid": self.cid}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CidRef) and other.cid == self.cid
+
+    def __hash__(self) -> int:
+        return hash(("cid", self.cid))
+
+    def __repr__(self) -> str:
+        return f"CidRef({self.cid!r})"
+
+
+def _input_ref(name: str, value: Any) -> Union[JobRef, CidRef, None]:
+    """An input given by reference (a Job, JobRef, CidRef, ``{"job": ID}``, ``{"cid": CID}``); None for a tensor.
+
+    A mapping is a reference when it has a "job" or "cid" key, and then it
+    must have that one key only, as the node reads it.
+    """
+    if isinstance(value, (JobRef, CidRef)):
+        return value
+    if isinstance(value, Job):
+        return JobRef(value)
+    if not isinstance(value, Mapping) or ("job" not in value and "cid" not in value):
+        return None
+    if len(value) != 1:
+        keys = ", ".join(str(k) for k in list(value)[:4])
+        raise TensormeshError("ERR_BAD_ARGUMENT", f"input {name!r}: a reference is {{'job': ID}} or {{'cid': CID}}, nothing else (got {keys})")
+    try:
+        return JobRef(value["job"]) if "job" in value else CidRef(value["cid"])
+    except TensormeshError as err:
+        raise TensormeshError(err.code, f"input {name!r}: {err.message}") from None
+
+
+def is_input_ref(value: Any) -> bool:
+    """Whether ``submit`` takes ``value`` as an input by reference rather than as an array."""
+    try:
+        return _input_ref("x", value) is not None
+    except TensormeshError:
+        return True  # a malformed reference is still one; submit says what is wrong with it
+
+
 class Mesh:
     """A tensormesh node's HTTP API: submit jobs with numpy inputs, get numpy results.
 
@@ -311,6 +404,12 @@ class Mesh:
         ``inputs`` maps input names to numpy arrays (converted as
         :mod:`tensormesh.arrays` describes, all before anything is sent) and
         goes as multipart ``.npy`` parts, streamed from the arrays' memory.
+        An input may instead be a reference, sent in the spec's ``inputs``
+        and resolved by the node: an earlier job's result there (a
+        :class:`Job`, ``JobRef(job_or_id)`` or ``{"job": ID}``) or a stored
+        ``.npy`` (``CidRef(cid)`` or ``{"cid": CID}``). A :class:`Job` is
+        waited for before the request (the node takes only a job that has
+        succeeded, and only one of its own: 404 ``ERR_JOB_NOT_FOUND`` else).
         ``params``, ``verify`` and ``schedule`` are the job spec's objects
         (README.md lists each operator's). ``model`` is for infer jobs: a
         model folder or ``model.json`` path (packed here, sent as part
@@ -319,8 +418,18 @@ class Mesh:
         """
         if not isinstance(op, str) or not op:
             raise TensormeshError("ERR_BAD_ARGUMENT", "op must be an operator name such as 'matmul'")
-        arrays = normalise_inputs(inputs)
+        arrays: List[Tuple[str, np.ndarray]] = []
+        refs: Dict[str, Union[JobRef, CidRef]] = {}
+        for name, value in (inputs or {}).items():
+            check_input_name(name)
+            ref = _input_ref(name, value)
+            if ref is None:
+                arrays.append((name, prepare_array(name, value)))
+            else:
+                refs[name] = ref
         spec: Dict[str, Any] = {"op": op, "params": dict(params or {})}
+        if refs:
+            spec["inputs"] = {name: ref.to_json() for name, ref in refs.items()}
         if verify is not None:
             spec["verify"] = dict(verify)
         if schedule is not None:
@@ -345,6 +454,9 @@ class Mesh:
                 "ERR_LIMIT_EXCEEDED",
                 f"the job's inputs make a {size}-byte request; the node takes at most {MAX_JOB_BODY_BYTES} (split the work into several jobs)",
             )
+        for ref in refs.values():
+            if isinstance(ref, JobRef) and ref.job is not None:
+                ref.job.wait()  # once everything here has been checked
         res = self.request("POST", "/v1/jobs", data=body, headers={"Content-Type": body.content_type})
         try:
             view = res.json()
@@ -418,6 +530,8 @@ class Mesh:
         if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)):
             raise TensormeshError("ERR_BAD_ARGUMENT", "bins must be an integer (the node cuts equal-width bins)")
         if range is None:
+            if is_input_ref(x):
+                raise TensormeshError("ERR_BAD_ARGUMENT", "histogram of an input by reference needs range=(min, max): the data is not here to measure")
             arr = np.asarray(x)
             if arr.size == 0:
                 lo, hi = 0.0, 1.0
@@ -432,7 +546,10 @@ class Mesh:
         return self._run("histogram", {"x": x}, {"bins": int(bins), "min": lo, "max": hi}, opts)  # type: ignore[no-any-return]
 
     def infer(self, x: Any, model_dir: Union[PathLike, bytes, ModelArtifacts], batch_size: Optional[int] = None, **opts: Any) -> np.ndarray:
-        """A TF.js Layers model's predictions for ``x`` [n, ...model input], float32 [n, ...model output].
+        """A TF.js model's predictions for ``x`` [n, ...model input], float32 [n, ...model output].
+
+        Layers-models and graph-models, float32 or quantised weights (uint8,
+        uint16, float16), as tensorflowjs_converter writes them.
 
         ``model_dir``: a folder holding ``model.json`` and its weight files,
         or a ``model.json`` path; it is packed here and sent with the job as
