@@ -7,10 +7,11 @@ import { writeExampleModels, writeExamplePhotos, EXAMPLE_PHOTOS } from '../../sc
 import { loadBackend } from '../../src/compute/backend.ts'
 import { imageTensor } from '../../src/compute/images.ts'
 import { readModelDir } from '../../src/compute/model.ts'
-import { decodeNpy } from '../../src/compute/npy.ts'
+import { decodeNpy, writeNpyFile } from '../../src/compute/npy.ts'
 import { submitCommand } from '../../src/node/cli/jobs.ts'
 import { MeshClient } from '../../src/node/client/index.ts'
 import { TEST_TOKEN, startMesh, stopAll } from '../helpers/mesh.ts'
+import { python, tempDir } from '../helpers/numpy.ts'
 import type { MeshNode } from '../../src/node/mesh-node.ts'
 import type { TF } from '../../src/compute/operators/types.ts'
 
@@ -35,7 +36,7 @@ describe('images over the mesh', () => {
     await writeExamplePhotos(join(work, 'images'))
     for (const f of ['mobilenet-classify.json', 'similar-images.json']) copyFileSync(join(ROOT, 'examples', f), join(work, f))
     tf = (await loadBackend('wasm')).tf
-    nodes = await startMesh(2, () => ({ workers: 1 }))
+    nodes = await startMesh(3, () => ({ workers: 1 }))
   })
 
   afterAll(async () => {
@@ -54,14 +55,15 @@ describe('images over the mesh', () => {
     }
   }
 
+  const photos = async (): Promise<Array<{ name: string, bytes: Uint8Array }>> => await Promise.all(EXAMPLE_PHOTOS.map(async n => ({ name: n, bytes: new Uint8Array(await readFile(join(work, 'images', `${n}.jpg`))) })))
+
   it('classifies the example photos with MobileNetV2 as predict does in one process, naming each file', async () => {
     const out = join(work, 'classes.npy')
     const { code, line } = await submit(join(work, 'mobilenet-classify.json'), out)
     expect(code).toBe(0)
     const got = decodeNpy(await readFile(out), 'classes')
     expect(got.shape).toEqual([5, 5])
-    const photos = await Promise.all(EXAMPLE_PHOTOS.map(async n => ({ name: n, bytes: new Uint8Array(await readFile(join(work, 'images', `${n}.jpg`))) })))
-    const x = imageTensor(photos, [224, 224], 255)
+    const x = imageTensor(await photos(), [224, 224], 255)
     const L = await import('@tensorflow/tfjs-layers')
     const model = await L.loadLayersModel(tf.io.fromMemory(await readModelDir(join(work, 'models', 'mobilenet-v2', 'model.json'))))
     const want = tf.tidy(() => (model.predict(tf.tensor(x.data, x.shape as [number, number, number, number])) as ReturnType<TF['tensor']>).dataSync())
@@ -75,15 +77,63 @@ describe('images over the mesh', () => {
     for (const l of top) expect(l).toMatch(/: (Drawing|Hentai|Neutral|Porn|Sexy) \d\.\d{3}/)
     // The photos were decoded by the peers: both nodes ran shards.
     const job = await new MeshClient(nodes[0]?.apiUrl ?? '', { token: TEST_TOKEN }).job(line.id as string).view()
-    expect(new Set(job.shards.map(s => s.peer)).size).toBe(2)
+    expect(new Set(job.shards.map(s => s.peer)).size).toBeGreaterThanOrEqual(2)
+  })
+
+  it('runs the graph-model sibling on the photos as executeAsync does in one process', async () => {
+    const file = join(work, 'graph.json')
+    writeFileSync(file, JSON.stringify({ op: 'infer', inputs: { x: { images: ['images/*.jpg'], size: [224, 224], scale: 255 } }, params: { model: 'models/mobilenet-v2-graph/model.json', batchSize: 2 } }))
+    const out = join(work, 'graph.npy')
+    const { code } = await submit(file, out)
+    expect(code).toBe(0)
+    const got = decodeNpy(await readFile(out), 'graph')
+    const x = imageTensor(await photos(), [224, 224], 255)
+    const C = await import('@tensorflow/tfjs-converter')
+    const model = await C.loadGraphModel(tf.io.fromMemory(await readModelDir(join(work, 'models', 'mobilenet-v2-graph', 'model.json'))))
+    const input = tf.tensor(x.data, x.shape as [number, number, number, number])
+    const y = await model.executeAsync(input) as ReturnType<TF['tensor']>
+    const want = await y.data()
+    input.dispose()
+    y.dispose()
+    model.dispose()
+    expect(got.shape).toEqual([5, 5])
+    let worst = 0
+    for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs((got.data[i] ?? NaN) - (want[i] ?? NaN)))
+    expect(worst).toBeLessThanOrEqual(TOL)
   })
 
   it('runs the similar-images pipeline: embeddings, then each photo\'s cosine neighbours among them', async () => {
     const out = join(work, 'similar.npy')
-    const { code } = await submit(join(work, 'similar-images.json'), out)
+    const { code, line } = await submit(join(work, 'similar-images.json'), out)
     expect(code).toBe(0)
     const got = decodeNpy(await readFile(out), 'similar')
     expect(got.shape).toEqual([5, 3, 2])
+    // numpy's brute force on the same embeddings (step 0's result, fetched here only to check).
+    const client = new MeshClient(nodes[0]?.apiUrl ?? '', { token: TEST_TOKEN })
+    const jobs = await client.jobs()
+    const embed = jobs.find(j => j.op === 'infer' && j.state === 'succeeded' && (j.params as { outputLayer?: string }).outputLayer === 'flatten_1')
+    const emb = decodeNpy(await client.job(embed?.id ?? '').resultBytes(), 'embeddings')
+    expect(emb.shape).toEqual([5, 1280])
+    const d = tempDir()
+    try {
+      await writeNpyFile(join(d.dir, 'e.npy'), emb)
+      const ref = JSON.parse(python(`
+e = np.load(f'{d}/e.npy').astype(np.float64)
+n = np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+s = (e / n) @ (e / n).T
+out = []
+for q in range(len(e)):
+    idx = np.lexsort((np.arange(len(e)), -s[q]))[:3]
+    out.append([[int(i), float(s[q, i])] for i in idx])
+print(json.dumps(out))
+`, d.dir)) as number[][][]
+      ref.forEach((rows, q) => rows.forEach(([i, sim], r) => {
+        expect(got.data[(q * 3 + r) * 2]).toBe(i)
+        expect(Math.abs((got.data[(q * 3 + r) * 2 + 1] ?? NaN) - (sim ?? NaN))).toBeLessThan(1e-5)
+      }))
+    } finally {
+      d.cleanup()
+    }
     for (let q = 0; q < 5; q++) {
       // Its own embedding is each photo's nearest neighbour, at cosine 1.
       expect(got.data[q * 6]).toBe(q)
