@@ -104,7 +104,7 @@ describe('images over the mesh', () => {
 
   it('runs the similar-images pipeline: embeddings, then each photo\'s cosine neighbours among them', async () => {
     const out = join(work, 'similar.npy')
-    const { code, line } = await submit(join(work, 'similar-images.json'), out)
+    const { code } = await submit(join(work, 'similar-images.json'), out)
     expect(code).toBe(0)
     const got = decodeNpy(await readFile(out), 'similar')
     expect(got.shape).toEqual([5, 3, 2])
