@@ -214,14 +214,6 @@ export async function readLabels (jobFile: string, job: JobFile): Promise<string
   return value as string[]
 }
 
-/** Row names for printing: the image files in order, when the job's input is images. */
-async function rowNames (jobFile: string, job: JobFile): Promise<string[] | undefined> {
-  for (const input of Object.values(job.inputs)) {
-    if (typeof input === 'object' && 'images' in input) return (await expandImages(jobFile, input.images)).map(f => f.name)
-  }
-  return undefined
-}
-
 /** Each row's best classes, "name: label p, label p, label p". */
 export function topClasses (result: HostTensor, labels: string[], names: string[] | undefined, k = 3): string[] {
   const classes = result.shape.at(-1) ?? 0
@@ -280,7 +272,10 @@ export async function submitCommand (opts: SubmitOptions): Promise<number> {
   const file = steps.at(-1) as JobFile
   // Read before anything runs: a wrong labels file is a mistake in the job file.
   const labels = await readLabels(opts.file, file)
-  const submitted = await client.submitForm(await jobForm(opts.file, file, ids))
+  const form = await jobForm(opts.file, file, ids)
+  // The image files the form carries, in order: the rows of an image job's result.
+  const images = form.getAll('image').map(f => (f as File).name)
+  const submitted = await client.submitForm(form)
   const tty = process.stderr.isTTY && !opts.json
   let lastPlain = -1
   const job = await submitted.wait((j) => {
@@ -303,7 +298,7 @@ export async function submitCommand (opts: SubmitOptions): Promise<number> {
     }
   }
   let top: string[] | undefined
-  if (labels !== undefined && job.state === 'succeeded' && job.model === undefined) top = topClasses(await submitted.result(), labels, await rowNames(opts.file, file))
+  if (labels !== undefined && job.state === 'succeeded' && job.model === undefined) top = topClasses(await submitted.result(), labels, images.length > 0 ? images : undefined)
   if (opts.json) {
     process.stdout.write(JSON.stringify({
       ...(top !== undefined ? { top } : {}),
