@@ -266,7 +266,12 @@ export const MAX_WEIGHT_FILES = 1024
  * Paths leaving that folder are refused.
  */
 export async function readModelDir (modelJsonPath: string): Promise<ModelArtifacts> {
-  const info = await stat(modelJsonPath)
+  let info
+  try {
+    info = await stat(modelJsonPath)
+  } catch (err) {
+    throw bad(`${modelJsonPath} cannot be read: ${(err as Error).message}`)
+  }
   if (info.size > MAX_MODEL_HEADER_BYTES) throw new LimitExceededError(`model: ${modelJsonPath} is ${info.size} bytes; the limit is ${MAX_MODEL_HEADER_BYTES}`)
   let json: unknown
   try {
@@ -294,7 +299,12 @@ export async function readModelDir (modelJsonPath: string): Promise<ModelArtifac
   let at = 0
   for (const p of paths) {
     const file = join(dir, p)
-    const size = (await stat(file)).size
+    let size: number
+    try {
+      size = (await stat(file)).size
+    } catch (err) {
+      throw bad(`${modelJsonPath} names weight file ${p}, which cannot be read: ${(err as Error).message}`)
+    }
     if (at + size > bytes) throw bad(`weight files hold more than the ${bytes} bytes the specs describe (at ${p})`)
     const data = await readFile(file)
     weights.set(data, at)

@@ -2,7 +2,7 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { loadBackend } from '../../src/compute/backend.ts'
-import { MAX_MODEL_HEADER_BYTES, modelSignature, packModel, readModelDir, unpackModel, writeModelDir } from '../../src/compute/model.ts'
+import { MAX_MODEL_HEADER_BYTES, describeModel, modelSignature, packModel, readModelDir, unpackModel, writeModelDir } from '../../src/compute/model.ts'
 import { tempDir } from '../helpers/numpy.ts'
 import { artifactsOf, loadLayers, seedWeights } from './layers.ts'
 import { codeOf } from '../helpers/codes.ts'
@@ -137,6 +137,14 @@ describe('readModelDir / writeModelDir', () => {
     expect(await code(['/etc/passwd'])).toBe('ERR_BAD_MODEL')
     expect(await code(['group1-shard1of2.bin'])).toBe('ERR_BAD_MODEL')
     expect(await code(['group1-shard1of2.bin', 'group1-shard2of2.bin', 'group1-shard2of2.bin'])).toBe('ERR_BAD_MODEL')
+    // A weight file the manifest names and the folder lacks; a format no loader here reads.
+    expect(await code(['group1-shard1of2.bin', 'missing.bin'])).toBe('ERR_BAD_MODEL')
+    await writeFile(join(d, 'model.json'), JSON.stringify({ modelTopology: art.modelTopology, format: 'saved-model', weightsManifest: [{ paths: ['group1-shard1of2.bin', 'group1-shard2of2.bin'], weights: art.weightSpecs }] }))
+    // The coordinator's plan reads the model with describeModel before any shard: refused there, by name.
+    expect(codeOf(() => describeModel(unpackModel(packModel(art)) as ModelArtifacts))).toBeUndefined()
+    const odd = await readModelDir(join(d, 'model.json'))
+    expect(() => describeModel(odd)).toThrow(/format 'saved-model' is not supported/)
+    expect(codeOf(() => describeModel(odd))).toBe('ERR_UNSUPPORTED_MODEL')
   })
 })
 
