@@ -31,7 +31,7 @@
  * file's order, are held out (test); training never sees them. A digit
  * with c samples keeps floor(0.8 c) for training and holds out the rest.
  */
-import { prng } from '../src/compute/random.ts'
+import { prng, shuffleInPlace } from '../src/compute/random.ts'
 import { readFileSync } from 'node:fs'
 import { mkdir } from 'node:fs/promises'
 import { createRequire } from 'node:module'
@@ -122,13 +122,7 @@ export function splitMnist (dir = mnistDigitsDir()): MnistSplit {
     }
   }
   // Training rows in a fixed shuffled order, so any prefix or batch mixes digits.
-  const u = prng(SEED)
-  for (let i = train.length - 1; i > 0; i--) {
-    const j = Math.floor(u() * (i + 1))
-    const a = train[i] as { x: Float32Array, y: number }
-    train[i] = train[j] as { x: Float32Array, y: number }
-    train[j] = a
-  }
+  shuffleInPlace(train, prng(SEED))
   const pack = (rows: Float32Array[]): Float32Array => {
     const out = new Float32Array(rows.length * MNIST_PIXELS)
     rows.forEach((r, i) => { out.set(r, i * MNIST_PIXELS) })

@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { prng } from '../../src/compute/random.ts'
+import { prng, shuffleInPlace } from '../../src/compute/random.ts'
 import { InvalidInputError } from '../../src/errors.ts'
 import { completeManifest, DatasetWriter, leBytes, resolveSource } from './dataset-dir.ts'
 import type { DatasetResult } from './mnist-full.ts'
@@ -100,15 +100,7 @@ export function parseReviews (json: string, name: string): Review[] {
 /** Train and test row -> review index, per the split rule above. */
 export function splitReviews (labels: ArrayLike<number>, seed: number): { train: number[], test: number[] } {
   const u = prng(seed)
-  const shuffle = (a: number[]): number[] => {
-    for (let i = a.length - 1; i > 0; i--) {
-      const j = Math.floor(u() * (i + 1))
-      const t = a[i] as number
-      a[i] = a[j] as number
-      a[j] = t
-    }
-    return a
-  }
+  const shuffle = (a: number[]): number[] => shuffleInPlace(a, u)
   const order = shuffle(Array.from({ length: labels.length }, (_, i) => i))
   const total = [0, 0]
   for (let i = 0; i < labels.length; i++) { const s = labels[i] as number; total[s] = (total[s] as number) + 1 }

@@ -3,6 +3,17 @@
  * data (example inputs, initial weights, benchmark tensors) must be the same
  * on every machine, which Math.random is not.
  */
+/** Fisher-Yates in place with `random` (e.g. a prng): the same seed gives the same order everywhere. */
+export function shuffleInPlace<T> (items: T[], random: () => number): T[] {
+  for (let i = items.length - 1; i > 0; i--) {
+    const j = Math.floor(random() * (i + 1))
+    const t = items[i] as T
+    items[i] = items[j] as T
+    items[j] = t
+  }
+  return items
+}
+
 export function prng (seed: number): () => number {
   let a = seed >>> 0
   return () => {

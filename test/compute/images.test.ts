@@ -11,7 +11,7 @@ import type { NamedImage, PixelGrid, RgbImage } from '../../src/compute/images.t
 import { encodeNpy } from '../../src/compute/npy.ts'
 import { prng } from '../../src/compute/random.ts'
 import { hostTensor } from '../../src/compute/tensor.ts'
-import { load, python, tempDir } from '../helpers/numpy.ts'
+import { load, maxAbsDiff, python, tempDir } from '../helpers/numpy.ts'
 
 /**
  * src/compute/images.ts: decoding against pixels we wrote ourselves (PNGs
@@ -52,16 +52,6 @@ function codeAndMessage (fn: () => unknown): { code?: string, message: string } 
     return { code: (err as { code?: string }).code, message: (err as Error).message }
   }
   return { message: 'did not throw' }
-}
-
-function maxAbsDiff (a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length)
-  let worst = 0
-  for (let i = 0; i < a.length; i++) {
-    const d = Math.abs((a[i] as number) - (b[i] as number))
-    if (!(d <= worst)) worst = Number.isNaN(d) ? Infinity : d
-  }
-  return worst
 }
 
 // ------------------------------------------------------ test image writers

@@ -10,7 +10,7 @@ import { infer } from '../../src/compute/operators/infer.ts'
 import { ExecutorPool } from '../../src/compute/pool.ts'
 import { hostTensor } from '../../src/compute/tensor.ts'
 import { asyncCodeOf, codeOf } from '../helpers/codes.ts'
-import { python, tempDir } from '../helpers/numpy.ts'
+import { maxAbsDiff, python, tempDir } from '../helpers/numpy.ts'
 import { artifactsOf, loadLayers, seedWeights } from './layers.ts'
 import { prng, runSharded } from './shards.ts'
 import type { LayersModel, SymbolicTensor } from '@tensorflow/tfjs-layers'
@@ -67,16 +67,6 @@ afterAll(async () => {
 })
 
 const viaPool = async (task: ShardTask): Promise<Tensors> => (await pool.run(task)).partial
-
-function maxAbsDiff (got: ArrayLike<number>, want: ArrayLike<number>): number {
-  expect(got.length).toBe(want.length)
-  let worst = 0
-  for (let i = 0; i < want.length; i++) {
-    const d = Math.abs((got[i] as number) - (want[i] as number))
-    if (!(d <= worst)) worst = Number.isNaN(d) ? Infinity : d
-  }
-  return worst
-}
 
 async function local (run: (x: Tensor) => Tensor | Promise<Tensor>, x: HostTensor): Promise<Float32Array> {
   const t = tf.tensor(x.data, x.shape, 'float32')

@@ -1,5 +1,5 @@
 import { expect } from 'vitest'
-import { prng } from '../../src/compute/random.ts'
+import { prng, shuffleInPlace } from '../../src/compute/random.ts'
 import type { HostTensor } from '../../src/compute/tensor.ts'
 import type { JobPlan, Operator, ShardRange, ShardTask, Tensors, TF } from '../../src/compute/operators/types.ts'
 
@@ -28,15 +28,7 @@ export function unevenRanges (units: number, shards: number, seed: number): Shar
 }
 
 export function shuffled<T> (items: T[], seed: number): T[] {
-  const out = [...items]
-  const u = prng(seed)
-  for (let i = out.length - 1; i > 0; i--) {
-    const j = Math.floor(u() * (i + 1))
-    const t = out[i] as T
-    out[i] = out[j] as T
-    out[j] = t
-  }
-  return out
+  return shuffleInPlace([...items], prng(seed))
 }
 
 export type RunTask = (task: ShardTask) => Promise<Tensors>

@@ -3,7 +3,7 @@ import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { loadBackend } from '../../src/compute/backend.ts'
 import { encodeNpy, readNpyFile } from '../../src/compute/npy.ts'
-import { prng } from '../../src/compute/random.ts'
+import { prng, shuffleInPlace } from '../../src/compute/random.ts'
 import { hostTensor } from '../../src/compute/tensor.ts'
 import { ERR_WASM_KERNEL_UNSUPPORTED, WASM_GRAD_KERNELS, registerWasmGradKernels } from '../../src/compute/wasm-kernels.ts'
 import { codeOf } from '../helpers/codes.ts'
@@ -392,14 +392,7 @@ describe('DepthwiseConv2dNativeBackpropFilter and BackpropInput on wasm', () => 
  */
 function poolInput (shape: readonly number[], seed: number): Float32Array {
   const n = shape.reduce((a, b) => a * b, 1)
-  const order = Array.from({ length: n }, (_, i) => i)
-  const u = prng(seed)
-  for (let i = n - 1; i > 0; i--) {
-    const j = Math.floor(u() * (i + 1))
-    const t = order[i] as number
-    order[i] = order[j] as number
-    order[j] = t
-  }
+  const order = shuffleInPlace(Array.from({ length: n }, (_, i) => i), prng(seed))
   return Float32Array.from(order, v => (v - n / 2) / 64)
 }
 

@@ -41,6 +41,17 @@ export function relError (a: ArrayLike<number>, b: ArrayLike<number>): number {
   return den === 0 ? num : num / den
 }
 
+/** Largest |got - want| (NaN anywhere counts as Infinity): the absolute bound the issues state for model outputs. */
+export function maxAbsDiff (got: ArrayLike<number>, want: ArrayLike<number>): number {
+  if (got.length !== want.length) throw new Error(`length ${got.length} != ${want.length}`)
+  let worst = 0
+  for (let i = 0; i < want.length; i++) {
+    const d = Math.abs((got[i] as number) - (want[i] as number))
+    if (!(d <= worst)) worst = Number.isNaN(d) ? Infinity : d
+  }
+  return worst
+}
+
 /** Largest |got - want| / max(|want|, floor) over all elements (element by element; NaN equals NaN). */
 export function maxRelativeError (got: ArrayLike<number>, want: ArrayLike<number>, floor = 1): number {
   if (got.length !== want.length) throw new Error(`length ${got.length} != ${want.length}`)

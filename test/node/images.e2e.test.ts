@@ -11,7 +11,7 @@ import { decodeNpy, writeNpyFile } from '../../src/compute/npy.ts'
 import { submitCommand } from '../../src/node/cli/jobs.ts'
 import { MeshClient } from '../../src/node/client/index.ts'
 import { TEST_TOKEN, startMesh, stopAll } from '../helpers/mesh.ts'
-import { python, tempDir } from '../helpers/numpy.ts'
+import { maxAbsDiff, python, tempDir } from '../helpers/numpy.ts'
 import type { MeshNode } from '../../src/node/mesh-node.ts'
 import type { TF } from '../../src/compute/operators/types.ts'
 
@@ -68,9 +68,7 @@ describe('images over the mesh', () => {
     const model = await L.loadLayersModel(tf.io.fromMemory(await readModelDir(join(work, 'models', 'mobilenet-v2', 'model.json'))))
     const want = tf.tidy(() => (model.predict(tf.tensor(x.data, x.shape as [number, number, number, number])) as ReturnType<TF['tensor']>).dataSync())
     model.dispose()
-    let worst = 0
-    for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs((got.data[i] ?? NaN) - (want[i] ?? NaN)))
-    expect(worst).toBeLessThanOrEqual(TOL)
+    expect(maxAbsDiff(got.data, want)).toBeLessThanOrEqual(TOL)
     // One line per photo, in the glob's (sorted) order, each naming the file and its best class.
     const top = line.top as string[]
     expect(top.map(l => l.split(':')[0])).toEqual(EXAMPLE_PHOTOS.map(n => `images/${n}.jpg`))
@@ -97,9 +95,7 @@ describe('images over the mesh', () => {
     y.dispose()
     model.dispose()
     expect(got.shape).toEqual([5, 5])
-    let worst = 0
-    for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs((got.data[i] ?? NaN) - (want[i] ?? NaN)))
-    expect(worst).toBeLessThanOrEqual(TOL)
+    expect(maxAbsDiff(got.data, want)).toBeLessThanOrEqual(TOL)
   })
 
   it('runs the similar-images pipeline: embeddings, then each photo\'s cosine neighbours among them', async () => {
