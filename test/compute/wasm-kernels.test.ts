@@ -58,7 +58,8 @@ const GEOMETRIES: Geometry[] = [
   { name: '6x5, 3x2, stride 1, explicit pads', x: [1, 6, 5, 2], k: [3, 2], strides: 1, pad: [[0, 0], [1, 2], [0, 1], [0, 0]], m: 3 },
   { name: '9x9, 4x4, stride 3, same', x: [3, 9, 9, 2], k: [4, 4], strides: 3, pad: 'same', m: 2 },
   { name: '5x5, 1x1, strides [1, 2], valid', x: [2, 5, 5, 4], k: [1, 1], strides: [1, 2], pad: 'valid', m: 1 },
-  { name: '7x7, 3x3, stride 1, same', x: [2, 7, 7, 3], k: [3, 3], strides: 1, pad: 'same', m: 2 }
+  { name: '7x7, 3x3, stride 1, same', x: [2, 7, 7, 3], k: [3, 3], strides: 1, pad: 'same', m: 2 },
+  { name: '6x9, 2x3, strides [2, 3], valid (windows tile x exactly)', x: [2, 6, 9, 3], k: [2, 3], strides: [2, 3], pad: 'valid', m: 2 }
 ]
 
 /** Depthwise kernels take dilations (Conv2DBackpropFilter and MaxPoolGrad have none). */
@@ -424,7 +425,8 @@ describe('MaxPoolGrad on wasm (replaces the shipped kernel)', () => {
   }
 
   it('windows of only negative values and ties (ReLU zeros) go to the first maximum, as on cpu', async () => {
-    const shape: Shape4 = [2, 5, 5, 2]
+    // 5 x 5 takes the per-tap path; 6 x 6 with 2 x 2 windows tiles exactly and takes the reshape path.
+    for (const shape of [[2, 5, 5, 2], [2, 6, 6, 3]] as Shape4[]) {
     const negative = { shape, data: poolInput(shape, 33).map(v => -Math.abs(v) - 0.5) }
     const ties = { shape, data: Float32Array.from(seeded(shape, 34), v => Math.max(0, Math.round(v * 2))) }
     for (const [what, x] of [['negative', negative], ['ties', ties]] as const) {
@@ -433,8 +435,9 @@ describe('MaxPoolGrad on wasm (replaces the shipped kernel)', () => {
         const dy = { shape: y.shape, data: seeded(y.shape, 35) }
         const attrs = { filterSize: 2, strides: 2, pad }
         const got = await runKernel('wasm', 'MaxPoolGrad', { dy, input: x, output: y }, attrs)
-        within(`MaxPoolGrad ${what} ${pad} vs cpu`, got.data, (await runKernel('cpu', 'MaxPoolGrad', { dy, input: x, output: y }, attrs)).data, KERNEL_TOL)
+        within(`MaxPoolGrad ${what} ${pad} [${shape.join(', ')}] vs cpu`, got.data, (await runKernel('cpu', 'MaxPoolGrad', { dy, input: x, output: y }, attrs)).data, KERNEL_TOL)
       }
+    }
     }
   })
 })
