@@ -177,3 +177,25 @@ export function rowsReducer (op: string, shape: readonly number[]): Reducer {
     }
   }
 }
+
+/**
+ * The reducer of an operator whose partials are vectors of one length that
+ * add up (gradients, counts, sums): accumulated in float64, whatever order
+ * the partials arrive in, each range counted once.
+ */
+export function sumReducer (op: string, units: number, length: number): Reducer {
+  const acc = new Float64Array(length)
+  const seen = new RangeSet(units)
+  return {
+    add (range, partial) {
+      seen.check(op, range)
+      const p = checkPartial(op, partial, 'float32', [length])
+      seen.add(op, range)
+      for (let i = 0; i < length; i++) acc[i] = (acc[i] ?? 0) + (p.data[i] ?? 0)
+    },
+    result () {
+      seen.requireComplete(op)
+      return hostTensor('float32', [length], Float32Array.from(acc))
+    }
+  }
+}

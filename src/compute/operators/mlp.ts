@@ -1,7 +1,7 @@
 import { InvalidInputError } from '../../errors.ts'
 import { prng } from '../random.ts'
 import { hostTensor } from '../tensor.ts'
-import { checkDType, checkInputs, checkParams, checkPartial, RangeSet, requireInput } from './common.ts'
+import { checkDType, checkInputs, checkParams, requireInput, sumReducer } from './common.ts'
 import type { HostTensor } from '../tensor.ts'
 import type { JobPlan, Operator, Params, TF, Tensors } from './types.ts'
 
@@ -116,23 +116,6 @@ function unflatten (tf: TF, spec: MlpSpec, w: Float32Array): Array<import('@tens
     off += b
   }
   return out
-}
-
-function sumReducer (op: string, units: number, length: number): { add: (range: { index: number, start: number, end: number }, partial: Tensors) => void, result: () => HostTensor } {
-  const acc = new Float64Array(length)
-  const seen = new RangeSet(units)
-  return {
-    add (range, partial) {
-      seen.check(op, range)
-      const p = checkPartial(op, partial, 'float32', [length])
-      seen.add(op, range)
-      for (let i = 0; i < length; i++) acc[i] = (acc[i] ?? 0) + (p.data[i] ?? 0)
-    },
-    result () {
-      seen.requireComplete(op)
-      return hostTensor('float32', [length], Float32Array.from(acc))
-    }
-  }
 }
 
 function planFor (op: string, inputs: Tensors, params: unknown, outLength: number, flopsFactor: number): JobPlan<GradParams> {
