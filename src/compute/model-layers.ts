@@ -165,6 +165,17 @@ const globalPool: Rule = {
   flops: ([s]) => sizeOf(s as number[])
 }
 
+/** GlobalAveragePooling1D / GlobalMaxPooling1D: [steps, channels] -> [channels]. */
+const globalPool1d: Rule = {
+  shape: ([s], c, l) => {
+    channelsLast(c, l)
+    rank(s as number[], 2, l, '[steps, channels]')
+    const ch = (s as number[])[1] as number
+    return c.keepdims === true ? [1, ch] : [ch]
+  },
+  flops: ([s]) => sizeOf(s as number[])
+}
+
 /** How each supported layer class maps its input shapes (no batch dim) to its output shape. */
 const SHAPE_RULES: Record<string, Rule> = {
   Dense: {
@@ -236,6 +247,18 @@ const SHAPE_RULES: Record<string, Rule> = {
   },
   MaxPooling2D: { shape: ([s], c, l) => [...window2d(s as number[], c, l, 'pool_size').out, (s as number[])[2] as number] },
   AveragePooling2D: { shape: ([s], c, l) => [...window2d(s as number[], c, l, 'pool_size').out, (s as number[])[2] as number] },
+  Embedding: {
+    // Token ids [..., steps] -> [..., steps, output_dim]; a lookup, one copy per output value.
+    shape: ([s], c, l) => {
+      positiveInt(c.input_dim, `layer ${l} input_dim`)
+      const dim = positiveInt(c.output_dim, `layer ${l} output_dim`)
+      if (c.mask_zero === true) throw unsupported(`layer ${l}: mask_zero is not supported (masks do not travel between layers here)`)
+      return [...(s as number[]), dim]
+    },
+    flops: (_, out) => sizeOf(out)
+  },
+  GlobalAveragePooling1D: globalPool1d,
+  GlobalMaxPooling1D: globalPool1d,
   GlobalAveragePooling2D: globalPool,
   GlobalMaxPooling2D: globalPool,
   ZeroPadding2D: {

@@ -4,6 +4,7 @@ import { infer } from './infer.ts'
 import { map } from './map.ts'
 import { matmul } from './matmul.ts'
 import { mlpEval, mlpGrad } from './mlp.ts'
+import { modelTrain } from './model-train.ts'
 import { reduce } from './reduce.ts'
 import { sort } from './sort.ts'
 import { topk } from './topk.ts'
@@ -26,6 +27,8 @@ export { histogram, histogramEdges, MAX_HISTOGRAM_BINS } from './histogram.ts'
 export type { HistogramParams, HistogramPlanParams } from './histogram.ts'
 export { infer, DEFAULT_INFER_BATCH, MAX_CACHED_MODELS, MAX_INFER_BATCH } from './infer.ts'
 export type { InferParams } from './infer.ts'
+export { modelTrain, MODEL_OPTIMIZERS, TRAIN_LOSSES } from './model-train.ts'
+export type { ModelTrainParams, OptimizerSpec, TrainLoss } from './model-train.ts'
 
 /**
  * The operators this build can run, by name. Fixed at build time: a job or a
@@ -34,7 +37,7 @@ export type { InferParams } from './infer.ts'
 // Each operator checks its own params at run time, so the registry can hold
 // them at the generic Params type (the cast drops only the compile-time P).
 export const OPERATORS: ReadonlyMap<string, Operator> = new Map<string, Operator>(
-  ([matmul, map, reduce, mlpGrad, mlpEval, sort, topk, histogram, infer] as unknown as Operator[]).map(op => [op.name, op])
+  ([matmul, map, reduce, mlpGrad, mlpEval, sort, topk, histogram, infer, modelTrain] as unknown as Operator[]).map(op => [op.name, op])
 )
 
 export function operatorNames (registry: ReadonlyMap<string, Operator> = OPERATORS): string[] {
