@@ -230,7 +230,7 @@ export function topClasses (result: HostTensor, labels: string[], names: string[
 
 /** What a job's progress counts: training rounds, or shards. */
 function unitOf (job: JobView): string {
-  return job.op === 'train' ? 'rounds' : 'shards'
+  return job.op === 'train' ? job.metrics?.progress?.unit ?? 'rounds' : 'shards'
 }
 
 export function progressLine (job: JobView, width = 30): string {
@@ -307,7 +307,7 @@ export async function submitCommand (opts: SubmitOptions): Promise<number> {
       elapsedMs: job.elapsedMs,
       output: job.model !== undefined ? { model: job.model.cid, path: outPath ?? null } : job.output === undefined ? null : { ...job.output, path: outPath ?? null },
       shards: job.shards.map(s => ({ index: s.index, peer: s.peer ?? null, attempts: s.attempts, ms: s.ms ?? null })),
-      ...(job.metrics !== undefined ? { metrics: { rounds: job.metrics.rounds.map(r => ({ round: r.round, loss: r.loss, accuracy: r.accuracy })), accuracy: job.metrics.accuracy } } : {}),
+      ...(job.metrics !== undefined ? { metrics: job.metrics } : {}),
       ...(job.error !== undefined ? { error: job.error } : {})
     }) + '\n')
   } else {
@@ -323,7 +323,12 @@ export function printSummary (job: JobView, outPath?: string): void {
   if (job.model !== undefined && outPath !== undefined) lines.push(`  model written to ${outPath}/model.json`)
   if (job.error !== undefined) lines.push(`  error ${job.error.code}: ${job.error.message}`)
   const last = job.metrics?.rounds.at(-1)
-  if (last !== undefined) lines.push(`  ${job.metrics?.rounds.length ?? 0} rounds, loss ${last.loss.toFixed(4)}, held-out accuracy ${(last.accuracy * 100).toFixed(2)}%`)
+  if (last !== undefined) {
+    // A model's training reports per epoch; the MLP shorthand per round.
+    const per = job.metrics?.progress !== undefined ? 'epochs' : 'rounds'
+    const accuracy = Number.isFinite(last.accuracy) ? `, held-out accuracy ${(last.accuracy * 100).toFixed(2)}%` : ''
+    lines.push(`  ${job.metrics?.rounds.length ?? 0} ${per}, loss ${last.loss.toFixed(4)}, held-out loss ${last.testLoss.toFixed(4)}${accuracy}`)
+  }
   if (job.model !== undefined) lines.push(`  model ${job.model.cid} (${job.model.bytes} bytes)`)
   const byPeer = new Map<string, number>()
   for (const s of job.shards) if (s.peer !== undefined) byPeer.set(s.peer, (byPeer.get(s.peer) ?? 0) + 1)

@@ -6,6 +6,7 @@ import { describe as describeTensor } from '../../compute/tensor.ts'
 import { Coordinator } from './coordinator.ts'
 import { DEFAULT_VERIFY_RTOL } from './job-run.ts'
 import { checkTrainInputs, checkTrainParams, runTraining } from './train.ts'
+import { checkModelTrainJob, checkModelTrainParams, runModelTraining } from './train-model.ts'
 import { mlpParamCount } from '../../compute/operators/mlp.ts'
 import { FILE_OVERHEAD_BYTES, jobOwner } from '../storage.ts'
 import type { ShardSessions } from '../../protocol/shard/session.ts'
@@ -211,6 +212,7 @@ export class JobManager {
   }
 
   private submitTraining (spec: JobSpec, refs: SubmitRefs): Job {
+    if (spec.blobs?.model !== undefined) return this.submitModelTraining(spec, refs)
     const params = checkTrainParams(spec.params ?? {})
     this.checkInputLimits(spec.inputs)
     checkTrainInputs(spec.inputs, params)
@@ -224,6 +226,21 @@ export class JobManager {
     this.track(job)
     if (this.journal !== undefined) job.journaled = this.journal.submitted(job, spec.inputs, undefined, refs.blobCids)
     this.c.log.info({ job: job.id, op: 'train', rounds: params.rounds }, 'job submitted')
+    this.enqueue(job)
+    return job
+  }
+
+  /** `train` with a model (params.model, sent as blobs.model): checked whole before it is queued; its storage is held once its size is known. */
+  private submitModelTraining (spec: JobSpec, refs: SubmitRefs): Job {
+    const params = checkModelTrainParams(spec.params ?? {})
+    this.checkInputLimits(spec.inputs)
+    checkModelTrainJob(spec.inputs, spec.blobs, params)
+    const job = new Job({ id: randomUUID(), op: 'train', params: { ...params }, inputs: spec.inputs, blobs: spec.blobs, verify: checkVerify(spec.verify), schedule: checkSchedule(spec.schedule) })
+    this.reserveStorage(job, this.journal === undefined ? 0 : inputBytes(spec))
+    this.remember(job, refs)
+    this.track(job)
+    if (this.journal !== undefined) job.journaled = this.journal.submitted(job, spec.inputs, spec.blobs, refs.blobCids)
+    this.c.log.info({ job: job.id, op: 'train', epochs: params.epochs, sync: params.sync.mode }, 'job submitted')
     this.enqueue(job)
     return job
   }
@@ -532,8 +549,14 @@ export class JobManager {
         if (job.op === 'train') {
           const resume = this.checkpoints.get(job.id)
           this.checkpoints.delete(job.id)
-          await runTraining({ coordinator: this.coordinator, pool: this.c.pool, blobs: this.c.blobs, log: this.c.log }, job, checkTrainParams(job.params), resume,
-            journal === undefined ? undefined : async (cp) => { this.persist(job, async () => { await journal.checkpoint(job, cp) }); await job.persisted })
+          const components = { coordinator: this.coordinator, pool: this.c.pool, blobs: this.c.blobs, log: this.c.log }
+          const onRound = journal === undefined ? undefined : async (cp: TrainCheckpoint): Promise<void> => { this.persist(job, async () => { await journal.checkpoint(job, cp) }); await job.persisted }
+          if (job.blobs?.model !== undefined) {
+            const peers = (): number => this.c.directory.size + (this.init.serve ? 1 : 0)
+            await runModelTraining({ ...components, peers, reserve: (bytes) => { this.reserveStorage(job, bytes) } }, job, checkModelTrainParams(job.params), resume, onRound)
+            return
+          }
+          await runTraining(components, job, checkTrainParams(job.params), resume, onRound)
           return
         }
         await this.coordinator.run(job, {

@@ -156,7 +156,15 @@ export class Job extends TypedEventEmitter<JobEvents> {
   output?: HostTensor
   error?: { code: string, message: string }
   /** Training jobs: loss and held-out accuracy per round. */
-  metrics?: { rounds: Array<{ round: number, loss: number, accuracy: number, testLoss: number, ms: number, peers: number }>, accuracy?: number }
+  metrics?: {
+    /** One per round of the MLP shorthand; one per epoch of a model's training. */
+    rounds: Array<{ round: number, loss: number, accuracy: number, testLoss: number, ms: number, peers: number }>
+    accuracy?: number
+    /** A model's training: optimizer steps (step mode) or outer rounds (local mode) done of all. */
+    progress?: { done: number, total: number, unit: 'steps' | 'rounds' }
+    /** A model's training: bytes of weights, shard frames and partials moved between this node and its peers so far. */
+    wireBytes?: number
+  }
   /** Training jobs: the trained model, packed, in the node's blob store. */
   model?: { cid: string, bytes: number }
   /** Output shape of a restored job whose result is on disk. */
@@ -197,6 +205,8 @@ export class Job extends TypedEventEmitter<JobEvents> {
 
   /** Shards done of total; for a training job, rounds done of total. */
   get progress (): { done: number, total: number } {
+    const p = this.metrics?.progress
+    if (this.op === 'train' && p !== undefined) return { done: p.done, total: p.total }
     if (this.op === 'train') return { done: this.metrics?.rounds.length ?? 0, total: Number(this.params.rounds ?? 0) }
     return { done: this.done, total: this.shards.length }
   }
