@@ -3,6 +3,7 @@ import { Worker } from 'node:worker_threads'
 import { InvalidInputError, LimitExceededError } from '../errors.ts'
 import { AbortedError, BackendInitError, BackendUnavailableError, MapFailedError, PoolNotRunningError, QueueFullError, WorkerCrashedError } from './errors.ts'
 import { ownsBuffer } from './tensor.ts'
+import type { TensorData } from './tensor.ts'
 import type { TensormeshError } from '../errors.ts'
 import type { BackendChoice, BackendName, GpuInfo } from './backend.ts'
 import type { ShardTask, Tensors } from './operators/types.ts'
@@ -114,9 +115,38 @@ function fromWire (op: string, e: WireError): TensormeshError {
 }
 
 /**
+ * Shared inputs at least this large cross to workers in shared memory
+ * rather than by copy. Below it a copy costs less than a SharedArrayBuffer's
+ * set-up; above it (a training job's 188 MB of MNIST, sent with every step)
+ * the copy dominates the task.
+ */
+export const SHARED_MEMORY_MIN_BYTES = 64 * 1024
+
+/**
+ * The SharedArrayBuffer copy of each large shared input, keyed by the
+ * caller's array: a job passes the same array (its own, or the peer's
+ * SharedCache entry) with every shard, so it is copied once, and every later
+ * task posts a view that no worker copies. The entry lives as long as the
+ * caller's array does. Workers only read their inputs.
+ */
+const sharedCopies = new WeakMap<TensorData, TensorData>()
+
+function sharedView (data: TensorData): TensorData {
+  let view = sharedCopies.get(data)
+  if (view === undefined) {
+    const sab = new SharedArrayBuffer(data.byteLength)
+    view = data instanceof Float32Array ? new Float32Array(sab) : new Int32Array(sab)
+    view.set(data)
+    sharedCopies.set(data, view)
+  }
+  return view
+}
+
+/**
  * Inputs as they will cross to the worker: arrays the caller lets us move
- * and that own their buffer go as they are; anything else is copied now, so
- * after run() returns the pool never reads the caller's arrays again.
+ * and that own their buffer go as they are; large shared inputs go in
+ * shared memory (sharedView); anything else is copied now, so after run()
+ * returns the pool never reads the caller's arrays again.
  */
 function prepareInputs (inputs: Tensors, transfer: boolean, shared: readonly string[] = []): { inputs: Tensors, transfer: ArrayBuffer[] } {
   const out: Tensors = {}
@@ -126,6 +156,10 @@ function prepareInputs (inputs: Tensors, transfer: boolean, shared: readonly str
     // `detached` is ES2024 (Node 22 has it; the configured lib does not type it).
     if ((data.buffer as { detached?: boolean }).detached === true) {
       throw new InvalidInputError(`input '${name}' was transferred away already (its buffer is detached); run tensors that other tasks share with transfer: false`, 'ERR_DETACHED_INPUT')
+    }
+    if (shared.includes(name) && data.byteLength >= SHARED_MEMORY_MIN_BYTES) {
+      out[name] = { dtype: t.dtype, shape: [...t.shape], data: sharedView(data) }
+      continue
     }
     // A buffer listed twice in a transfer list is an error, so a second
     // input on the same buffer is copied.

@@ -4,7 +4,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { BACKEND_NAMES } from '../../src/compute/backend.ts'
 import { readNpyFile } from '../../src/compute/npy.ts'
 import { matmul } from '../../src/compute/operators/index.ts'
-import { ExecutorPool } from '../../src/compute/pool.ts'
+import { ExecutorPool, SHARED_MEMORY_MIN_BYTES } from '../../src/compute/pool.ts'
 import { hostTensor } from '../../src/compute/tensor.ts'
 import { maxRelativeError, python as numpy, tempDir } from '../helpers/numpy.ts'
 import type { PoolLoad, RunResult } from '../../src/compute/pool.ts'
@@ -167,6 +167,22 @@ describe('executor pool scheduling and failures', () => {
     expect(pool.slots).toBe(2)
     expect(pool.gflops).toBe(0)
     expect(pool.operators).toEqual(expect.arrayContaining(['matmul', 'hold', 'fail']))
+  })
+
+  it('a large shared input reaches workers in shared memory (copied once per array), a small or unshared one by copy', async () => {
+    const big = Float32Array.from({ length: SHARED_MEMORY_MIN_BYTES / 4 }, (_, i) => i % 7)
+    const want = big.reduce((a, b) => a + b, 0)
+    const probe = async (data: Float32Array, shared: boolean): Promise<number[]> => {
+      const task: ShardTask = { op: 'probe', params: {}, inputs: { x: hostTensor('float32', [data.length], data) }, ...(shared ? { shared: ['x'] } : {}) }
+      return [...(await pool.run(task)).partial.out?.data ?? []]
+    }
+    // Twice, so both workers (and a second task on one) read the same shared copy.
+    for (let i = 0; i < 3; i++) expect(await probe(big, true)).toEqual([1, big.length, want])
+    expect(await probe(big, false)).toEqual([0, big.length, want])
+    expect(await probe(Float32Array.of(1, 2, 3), true)).toEqual([0, 3, 6])
+    // The caller's array is untouched and still its own.
+    expect(big.buffer instanceof SharedArrayBuffer).toBe(false)
+    expect(big[8]).toBe(1)
   })
 
   it('runs two tasks at once on two workers, queues the third, and moves busy/queued', async () => {
