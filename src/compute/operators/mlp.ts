@@ -129,7 +129,7 @@ function planFor (op: string, inputs: Tensors, params: unknown, outLength: numbe
     op,
     units: rows,
     // Forward is ~2 flops per weight per row; backward about twice that.
-    cost: { flopsPerUnit: flopsFactor * 2 * n, bytesInPerUnit: 0, bytesInFixed: (x.data.byteLength + n * 4), bytesOutPerUnit: 0 },
+    cost: { flopsPerUnit: flopsFactor * 2 * n, bytesInPerUnit: 0, bytesInFixed: (x.data.byteLength + n * 4), bytesOutPerUnit: 0, bytesOutFixed: outLength * 4 },
     params: spec,
     output: { dtype: 'float32', shape: [outLength] }
   }

@@ -643,7 +643,9 @@ export const modelTrain: Operator<ModelTrainParams> = {
         bytesInPerUnit: 0,
         // x, y, the weights and the model, each fetched once by content address.
         bytesInFixed: x.data.byteLength + y.data.byteLength + P * BYTES_PER_ELEMENT + bytes.byteLength,
-        bytesOutPerUnit: 0
+        bytesOutPerUnit: 0,
+        // Every shard returns one whole vector, however few its rows.
+        bytesOutFixed: outLength(p) * BYTES_PER_ELEMENT
       },
       params: p,
       output: { dtype: 'float32', shape: [outLength(p)] }

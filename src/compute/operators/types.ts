@@ -19,6 +19,8 @@ export interface CostModel {
   bytesInFixed: number
   /** Bytes a shard returns per unit. */
   bytesOutPerUnit: number
+  /** Bytes a shard returns whatever its size (a gradient: the model's length). */
+  bytesOutFixed?: number
 }
 
 /** A job after validation: the number of work units, their cost, and the validated params. */

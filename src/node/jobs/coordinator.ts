@@ -37,7 +37,7 @@ export const SMALL_SHARD_EXTRA_INFLIGHT = 3
 export function isSmallJob (cost: CostModel, shards: Array<{ start: number, end: number }>, fixedBytes = 0): boolean {
   let units = 0
   for (const s of shards) units = Math.max(units, s.end - s.start)
-  return units * (cost.bytesInPerUnit + cost.bytesOutPerUnit) + fixedBytes <= SESSION_MAX_PAYLOAD
+  return units * (cost.bytesInPerUnit + cost.bytesOutPerUnit) + (cost.bytesOutFixed ?? 0) + fixedBytes <= SESSION_MAX_PAYLOAD
 }
 
 /** A job's bid sample draws from a seed of its id: the same job asks the same peers first. */

@@ -322,7 +322,7 @@ export class JobRun {
   private bytesFor (run: ShardRun, fixedBytes: number): number {
     const cost = this.i.job.plan?.cost
     if (cost === undefined) return 0
-    return (run.rec.end - run.rec.start) * (cost.bytesInPerUnit + cost.bytesOutPerUnit) + fixedBytes
+    return (run.rec.end - run.rec.start) * (cost.bytesInPerUnit + cost.bytesOutPerUnit) + (cost.bytesOutFixed ?? 0) + fixedBytes
   }
 
   private fixedBytesFor (p: Participant): number {
@@ -399,7 +399,7 @@ export class JobRun {
     this.i.job.progressed()
 
     const units = rec.end - rec.start
-    const bytes = plan.cost.bytesInFixed + units * (plan.cost.bytesInPerUnit + plan.cost.bytesOutPerUnit)
+    const bytes = plan.cost.bytesInFixed + units * (plan.cost.bytesInPerUnit + plan.cost.bytesOutPerUnit) + (plan.cost.bytesOutFixed ?? 0)
     // Transfer at the link's measured rate, with the same margin as compute; unmeasured, at a slow LAN's.
     const link = p.local ? undefined : this.c.links?.measured(p.peer)
     const transferMs = p.local ? 0 : link !== undefined ? bytes / link * 1000 * DEADLINE_FACTOR : bytes / DEADLINE_BYTES_PER_SECOND * 1000
@@ -412,7 +412,7 @@ export class JobRun {
     const attemptNo = rec.attempts
     const work = p.local
       ? this.c.pool.run(task, { signal, transfer: false }).then(out => ({ ...out, bytesIn: 0, bytesOut: 0 }))
-      : this.send(p.peer, { jobId: this.i.job.id, index, attempt: attemptNo, start: rec.start, end: rec.end, task, resultBytes: units * plan.cost.bytesOutPerUnit }, signal)
+      : this.send(p.peer, { jobId: this.i.job.id, index, attempt: attemptNo, start: rec.start, end: rec.end, task, resultBytes: units * plan.cost.bytesOutPerUnit + (plan.cost.bytesOutFixed ?? 0) }, signal)
 
     work.then(outcome => {
       attempt.ms = Math.round(performance.now() - copy.startedAt)
