@@ -194,7 +194,7 @@ describe('train a layers-model over the mesh', () => {
     expect(Math.abs(right - (last?.accuracy ?? 0) * 128)).toBeLessThanOrEqual(SLACK_ROWS)
   })
 
-  it('refuses before anything starts: a batch larger than the data, labels out of range, x that does not fit, sync.steps < 1, an unsupported layer', async () => {
+  it('refuses before anything starts: a batch larger than the data, labels out of range, x that does not fit, token ids past the Embedding, sync.steps < 1, an unsupported layer', async () => {
     const client = new MeshClient(nodes[0]?.apiUrl ?? '', { token: TEST_TOKEN })
     const base = { op: 'train', inputs: { x: 'quad-x.npy', y: 'quad-y.npy', xTest: 'quad-test-x.npy', yTest: 'quad-test-y.npy' } }
     const cases: Array<[string, Record<string, unknown>, string, RegExp]> = [
@@ -212,6 +212,11 @@ describe('train a layers-model over the mesh', () => {
     mkdirSync(join(work, 'lambda'), { recursive: true })
     writeFileSync(join(work, 'lambda', 'model.json'), JSON.stringify({ format: 'layers-model', modelTopology: lambda }))
     cases.push(['lambda', { ...base, params: { model: 'lambda/model.json' } }, 'ERR_UNSUPPORTED_MODEL', /Lambda/])
+    // Token ids past the Embedding's input_dim (30): the sentiment data against a copy with input_dim 20.
+    const emb20 = JSON.parse(JSON.stringify((await readModelDir(join(work, 'emb', 'model.json'))).modelTopology).replace('"input_dim":30', '"input_dim":20')) as Record<string, unknown>
+    mkdirSync(join(work, 'emb20'), { recursive: true })
+    writeFileSync(join(work, 'emb20', 'model.json'), JSON.stringify({ format: 'layers-model', modelTopology: emb20 }))
+    cases.push(['ids', { ...base, inputs: { x: 'sent-x.npy', y: 'sent-y.npy', xTest: 'sent-test-x.npy', yTest: 'sent-test-y.npy' }, params: { model: 'emb20/model.json', loss: 'binaryCrossentropy' } }, 'ERR_BAD_INPUT', /x\[\d+, \d\] is 2\d, but Embedding layer 'embedding_Embedding\d+' takes integer ids in \[0, 20\)/])
     for (const [name, job, code, message] of cases) {
       const file = join(work, `bad-${name}.json`)
       writeFileSync(file, JSON.stringify(job))

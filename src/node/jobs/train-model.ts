@@ -132,9 +132,56 @@ export function checkModelTrainJob (inputs: Tensors, blobs: Record<string, Uint8
   const rows = checkTrainData('train', requireInput(t, 'x'), requireInput(t, 'y'), info, params.loss)
   const testRows = checkTrainData('train', requireInput(t, 'xTest'), requireInput(t, 'yTest'), info, params.loss, ['xTest', 'yTest'])
   if (testRows === 0) throw new InvalidInputError('train: xTest has no rows', 'ERR_EMPTY_INPUT')
+  checkEmbeddingIds(t, inputEmbeddings(view.modelTopology))
   if (params.batchSize > rows) throw badParam(`params.batchSize is ${params.batchSize} but x has ${rows} rows; the batch must fit in the data`)
   if (params.sync.mode === 'local' && params.sync.replicas !== undefined && params.sync.replicas * params.batchSize > rows) {
     throw badParam(`params.sync.replicas x batchSize (${params.sync.replicas} x ${params.batchSize}) is more than x's ${rows} rows; every replica needs a batch of its own`)
+  }
+}
+
+/**
+ * The Embedding layers the model's input feeds directly (the first layer of
+ * a Sequential, or any layer called on the InputLayer of a functional
+ * model): their names and input_dim. Their ids must be in [0, input_dim);
+ * an id outside fails TF.js's gather in the first step, so it is checked at
+ * submit instead.
+ */
+export function inputEmbeddings (topology: Record<string, unknown>): Array<{ name: string, inputDim: number }> {
+  const root = isPlainObject(topology.model_config) ? topology.model_config : topology
+  const config = root.config
+  const layers = (isPlainObject(config) && Array.isArray(config.layers) ? config.layers : Array.isArray(config) ? config : []) as unknown[]
+  const list = layers.filter(isPlainObject)
+  const inputs = new Set(list.filter(l => l.class_name === 'InputLayer').map(l => String(isPlainObject(l.config) ? l.config.name : l.name)))
+  const sequential = root.class_name === 'Sequential'
+  const first = list.find(l => l.class_name !== 'InputLayer')
+  const out: Array<{ name: string, inputDim: number }> = []
+  for (const l of list) {
+    if (l.class_name !== 'Embedding' || !isPlainObject(l.config)) continue
+    const fed = sequential
+      ? l === first
+      : JSON.stringify(l.inbound_nodes ?? []).match(/"([^"]+)"/g)?.some(m => inputs.has(m.slice(1, -1))) === true
+    const dim = l.config.input_dim
+    if (fed && Number.isSafeInteger(dim)) out.push({ name: String(l.config.name ?? l.name ?? 'embedding'), inputDim: dim as number })
+  }
+  return out
+}
+
+/** Every id of x (and xTest) in range for the embeddings its rows feed. */
+function checkEmbeddingIds (t: Record<string, HostTensor>, embeddings: Array<{ name: string, inputDim: number }>): void {
+  if (embeddings.length === 0) return
+  const dim = Math.min(...embeddings.map(e => e.inputDim))
+  const layer = embeddings.find(e => e.inputDim === dim)?.name ?? ''
+  for (const name of ['x', 'xTest']) {
+    const x = t[name]
+    if (x === undefined) continue
+    const row = x.shape.slice(1).reduce((a, b) => a * b, 1)
+    const data = x.data
+    for (let i = 0; i < data.length; i++) {
+      const v = data[i] as number
+      if (!(v >= 0 && v < dim && Number.isInteger(v))) {
+        throw new InvalidInputError(`train: ${name}[${Math.floor(i / row)}, ${i % row}] is ${v}, but Embedding layer '${layer}' takes integer ids in [0, ${dim})`, 'ERR_BAD_INPUT')
+      }
+    }
   }
 }
 
