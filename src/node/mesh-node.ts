@@ -19,6 +19,7 @@ import { registerBidHandler, BID_PROTOCOL } from '../protocol/bid/index.ts'
 import { CapacityService, capacityScoreParams, capacityScoreThresholds } from '../protocol/capacity/index.ts'
 import { DEFAULT_WIRE_LIMITS } from '../protocol/limits.ts'
 import { registerShardHandler, SHARD_PROTOCOL } from '../protocol/shard/index.ts'
+import { AllReduce } from '../protocol/allreduce/index.ts'
 import { registerSessionHandler, SHARD_SESSION_PROTOCOL, ShardSessions } from '../protocol/shard/session.ts'
 import { JobManager } from './jobs/job-manager.ts'
 import { JOURNAL_FILES, Journal } from './jobs/journal.ts'
@@ -156,6 +157,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
   private fetcher?: BlobFetcher
   private bulk?: BulkServer
   private sessions?: ShardSessions
+  private allreduce?: AllReduce
   private readonly gate: AccessGate
   /** Rate limits, strikes and bans per peer; `isBanned` is for the connection gater. */
   readonly peerLimits: PeerLimits
@@ -327,6 +329,27 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
       }
       await registerShardHandler(this.libp2p, execute, this.log, shardTransport)
       await registerSessionHandler(this.libp2p, execute, this.log, shardTransport)
+      // Butterfly rounds: a member's task runs as a shard would (admission, pool, faults); this node's own membership skips admission.
+      const selfId = this.libp2p.peerId.toString()
+      this.allreduce = new AllReduce({
+        libp2p: this.libp2p,
+        log: this.log,
+        guard: this.peerLimits,
+        limits: this.limits,
+        resolve: shardTransport.resolve as NonNullable<ShardTransport['resolve']>,
+        execute: async (task, units, from, signal) => {
+          const peer = from.toString()
+          if (peer === selfId) return await this.pool.run(task, { signal, transfer: false })
+          const release = jobs.admitShard(peer)
+          try {
+            return await jobs.execute({ jobId: 'allreduce', index: 0, attempt: 0, start: units.start, end: units.end, from, task }, signal)
+          } finally {
+            release()
+          }
+        }
+      })
+      await this.allreduce.start()
+      this.jobManager.useAllReduce(this.allreduce)
       this.capacity.start()
       await this.jobManager.restore()
       // Only now is every journaled job back, so only now can the store tell which blobs nothing names.
@@ -353,6 +376,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
     clearInterval(this.connectivityTimer)
     await this.api?.stop()
     this.jobManager?.stop()
+    await this.allreduce?.stop()
     this.sessions?.stop()
     this.peerLimits.detach()
     this.metrics.stop()

@@ -7,7 +7,7 @@
 import { ProtocolError, TensormeshError } from '../errors.ts'
 
 /** The request/response protocols that are rate-limited per peer. */
-export type GuardedProtocol = 'bid' | 'shard' | 'blob'
+export type GuardedProtocol = 'bid' | 'shard' | 'blob' | 'allreduce'
 
 /** Where a peer's malformed bytes showed up. */
 export type StrikeSource = GuardedProtocol | 'advert'

@@ -53,7 +53,7 @@ describe('PeerLimits', () => {
     expect(limits.admit('a', 'blob')).toBe('ok')
     clock.advance(1000)
     expect(limits.admit('a', 'bid')).toBe('ok')
-    expect(limits.info().rateLimited).toEqual({ bid: 1, shard: 0, blob: 0 })
+    expect(limits.info().rateLimited).toEqual({ bid: 1, shard: 0, blob: 0, allreduce: 0 })
   })
 
   it('defaults to the named rates', () => {
@@ -76,7 +76,7 @@ describe('PeerLimits', () => {
     expect(limits.isBanned('bad')).toBe(true)
     expect(banned).toEqual([{ peer: 'bad', untilMs: wall + clock.now() + BAN_MS }])
     expect(limits.info().banned).toEqual([{ peer: 'bad', untilMs: wall + clock.now() + BAN_MS }])
-    expect(limits.info().strikes).toEqual({ bid: 0, shard: STRIKE_THRESHOLD - 1, blob: 0, advert: 1 })
+    expect(limits.info().strikes).toEqual({ bid: 0, shard: STRIKE_THRESHOLD - 1, blob: 0, allreduce: 0, advert: 1 })
 
     // Banned: every protocol drops it, and the refusals are counted; other peers go on.
     expect(limits.admit('bad', 'bid')).toBe('banned')

@@ -41,11 +41,15 @@ export interface RateLimit {
  * - blob: a peer fetches each CID of a job once (SharedCache); a job names
  *   a handful (matmul's b, a model, a training round's weights), so tiny
  *   jobs back to back ask ~250 a second: 512/s with a burst of 1,024.
+ * - allreduce: a round opens 2 (k - 1) part streams to each member plus its
+ *   START; a 64-member group of step-mode rounds at ~20 a second is ~2,500
+ *   a second from one peer: 4,096/s with a burst of 4,096.
  */
 export const DEFAULT_RATE_LIMITS: Readonly<Record<GuardedProtocol, RateLimit>> = {
   bid: { burst: 2048, perSecond: 1024 },
   shard: { burst: 4096, perSecond: 4096 },
-  blob: { burst: 1024, perSecond: 512 }
+  blob: { burst: 1024, perSecond: 512 },
+  allreduce: { burst: 4096, perSecond: 4096 }
 }
 
 /**
@@ -165,10 +169,10 @@ export class PeerLimits extends TypedEventEmitter<PeerLimitsEvents> implements P
   private libp2p?: Libp2p
   private directory?: PeerDirectory
   readonly counters = {
-    strikes: { bid: 0, shard: 0, blob: 0, advert: 0 } satisfies Record<StrikeSource, number>,
+    strikes: { bid: 0, shard: 0, blob: 0, allreduce: 0, advert: 0 } satisfies Record<StrikeSource, number>,
     bans: 0,
     refused: 0,
-    rateLimited: { bid: 0, shard: 0, blob: 0 } satisfies Record<GuardedProtocol, number>,
+    rateLimited: { bid: 0, shard: 0, blob: 0, allreduce: 0 } satisfies Record<GuardedProtocol, number>,
     overLimit: 0
   }
 

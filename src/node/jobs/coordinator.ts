@@ -151,6 +151,24 @@ export class Coordinator {
     return this.c.libp2p.peerId.toString()
   }
 
+  /**
+   * The peers that accept a job's call for bids (this node first, if it
+   * accepts; then the fastest), at most `max`: a collective round's group.
+   * The job's bid records are set as for any job.
+   */
+  async acceptingPeers (job: Job, max: number): Promise<string[]> {
+    const bids = await this.collectBids(job)
+    const self = bids.filter(b => b.peer === this.selfId && b.answer?.accept === true).map(b => b.peer)
+    const others = bids.filter(b => b.peer !== this.selfId && b.answer?.accept === true && !this.c.distrusted(b.peer))
+      .sort((a, b) => (b.answer?.unitsPerSecond ?? 0) - (a.answer?.unitsPerSecond ?? 0)).map(b => b.peer)
+    return [...self, ...others].slice(0, Math.max(1, max))
+  }
+
+  /** A job's content-addressed inputs, served to the peers granted them, for work outside `run` (a collective round); release() when done. */
+  shares (): JobShares {
+    return new JobShares(this.c.blobs, this.content)
+  }
+
   async run (job: Job, options: RunOptions = {}): Promise<void> {
     // Cancelled while it waited for the journal: nothing to run.
     if (job.finished) return

@@ -7,6 +7,7 @@ import { Coordinator } from './coordinator.ts'
 import { DEFAULT_VERIFY_RTOL } from './job-run.ts'
 import { checkTrainInputs, checkTrainParams, runTraining } from './train.ts'
 import { checkModelTrainJob, checkModelTrainParams, runModelTraining } from './train-model.ts'
+import type { AllReduce } from '../../protocol/allreduce/index.ts'
 import { mlpParamCount } from '../../compute/operators/mlp.ts'
 import { FILE_OVERHEAD_BYTES, jobOwner } from '../storage.ts'
 import type { ShardSessions } from '../../protocol/shard/session.ts'
@@ -154,6 +155,7 @@ export class JobManager {
   private readonly coordinator: Coordinator
   private readonly waiting: Job[] = []
   private running = 0
+  private allreduce?: AllReduce
   private accepting = true
   private readonly journal?: Journal
   /** Training checkpoints read back from the journal. */
@@ -228,6 +230,11 @@ export class JobManager {
     this.c.log.info({ job: job.id, op: 'train', rounds: params.rounds }, 'job submitted')
     this.enqueue(job)
     return job
+  }
+
+  /** The node's allreduce service: butterfly train rounds use it. */
+  useAllReduce (service: AllReduce): void {
+    this.allreduce = service
   }
 
   /** `train` with a model (params.model, sent as blobs.model): checked whole before it is queued; its storage is held once its size is known. */
@@ -553,7 +560,7 @@ export class JobManager {
           const onRound = journal === undefined ? undefined : async (cp: TrainCheckpoint): Promise<void> => { this.persist(job, async () => { await journal.checkpoint(job, cp) }); await job.persisted }
           if (job.blobs?.model !== undefined) {
             const peers = (): number => this.c.directory.size + (this.init.serve ? 1 : 0)
-            await runModelTraining({ ...components, peers, reserve: (bytes) => { this.reserveStorage(job, bytes) } }, job, checkModelTrainParams(job.params), resume, onRound)
+            await runModelTraining({ ...components, peers, allreduce: this.allreduce, reserve: (bytes) => { this.reserveStorage(job, bytes) } }, job, checkModelTrainParams(job.params), resume, onRound)
             return
           }
           await runTraining(components, job, checkTrainParams(job.params), resume, onRound)

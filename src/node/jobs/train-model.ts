@@ -1,4 +1,8 @@
-import { InvalidInputError, TensormeshError, errorMessage } from '../../errors.ts'
+import { InvalidInputError, TensormeshError, errorCode, errorMessage } from '../../errors.ts'
+import { RemoteRoundError } from '../../protocol/allreduce/index.ts'
+import type { AllReduce } from '../../protocol/allreduce/index.ts'
+import type { JobShares } from '../shared-content.ts'
+import type { JobPlan } from '../../compute/operators/types.ts'
 import { describeModel, packModel, viewPackedModel } from '../../compute/model.ts'
 import { checkLoss, checkOptimizer, checkTrainData, initModelBytes, initTask, MAX_LOCAL_STEPS, MAX_REPLICAS, MAX_TRAIN_BATCH, modelTrain } from '../../compute/operators/model-train.ts'
 import { checkInputs, isPlainObject, requireInput } from '../../compute/operators/common.ts'
@@ -53,9 +57,24 @@ export const DEFAULT_MAX_REPLICAS = 16
  */
 export const ROUND_SCHEDULE = { shardsPerPeer: 1, backups: false } as const
 
+/**
+ * How a round's vectors are combined: `star`, each shard's result to the
+ * coordinator (the round is an ordinary job); `butterfly`, among the
+ * round's peers (src/protocol/allreduce), the coordinator sending and
+ * receiving one vector per round whatever their number.
+ */
+export const AVERAGING = ['star', 'butterfly'] as const
+export type Averaging = typeof AVERAGING[number]
+
 export type SyncSpec =
-  | { mode: 'step' }
-  | { mode: 'local', steps: number, outerLearningRate: number, outerMomentum: number, replicas?: number }
+  | { mode: 'step', averaging: Averaging }
+  | { mode: 'local', averaging: Averaging, steps: number, outerLearningRate: number, outerMomentum: number, replicas?: number }
+
+/** Attempts of a butterfly round, each without the members that failed the ones before. */
+export const BUTTERFLY_ATTEMPTS = 4
+
+/** Most members of a step-mode butterfly round: rows of one batch are few. */
+export const MAX_STEP_MEMBERS = 16
 
 export interface ModelTrainJobParams {
   loss: TrainLoss
@@ -74,14 +93,16 @@ const badParam = (message: string): InvalidInputError => new InvalidInputError(`
 function checkSync (v: unknown): SyncSpec {
   const s = v ?? { mode: 'step' }
   if (!isPlainObject(s)) throw badParam('params.sync must be {"mode": "step"} or {"mode": "local", "steps": H, ...}')
+  const averaging = s.averaging ?? 'star'
+  if (!(AVERAGING as readonly unknown[]).includes(averaging)) throw badParam(`params.sync.averaging must be one of ${AVERAGING.join(', ')}`)
   if (s.mode === 'step') {
-    const extra = Object.keys(s).filter(k => k !== 'mode')
-    if (extra.length > 0) throw badParam(`params.sync {"mode": "step"} takes no other keys; not ${extra.join(', ')}`)
-    return { mode: 'step' }
+    const extra = Object.keys(s).filter(k => k !== 'mode' && k !== 'averaging')
+    if (extra.length > 0) throw badParam(`params.sync {"mode": "step"} takes only averaging; not ${extra.join(', ')}`)
+    return { mode: 'step', averaging: averaging as Averaging }
   }
   if (s.mode !== 'local') throw badParam(`params.sync.mode must be "step" or "local", got ${JSON.stringify(s.mode) ?? 'nothing'}`)
   for (const k of Object.keys(s)) {
-    if (!['mode', 'steps', 'outerLearningRate', 'outerMomentum', 'replicas'].includes(k)) throw badParam(`params.sync (local) takes steps, outerLearningRate, outerMomentum, replicas; not '${k}'`)
+    if (!['mode', 'averaging', 'steps', 'outerLearningRate', 'outerMomentum', 'replicas'].includes(k)) throw badParam(`params.sync (local) takes averaging, steps, outerLearningRate, outerMomentum, replicas; not '${k}'`)
   }
   const steps = s.steps ?? DEFAULT_LOCAL_STEPS
   if (!Number.isSafeInteger(steps) || (steps as number) < 1 || (steps as number) > MAX_LOCAL_STEPS) throw badParam(`params.sync.steps must be an integer from 1 to ${MAX_LOCAL_STEPS}, got ${JSON.stringify(steps)}`)
@@ -89,7 +110,7 @@ function checkSync (v: unknown): SyncSpec {
   if (typeof lr !== 'number' || !(lr > 0 && lr <= 10)) throw badParam('params.sync.outerLearningRate must be a number in (0, 10]')
   const mu = s.outerMomentum ?? DILOCO_OUTER_MOMENTUM
   if (typeof mu !== 'number' || !(mu >= 0 && mu < 1)) throw badParam('params.sync.outerMomentum must be a number in [0, 1)')
-  const out: SyncSpec = { mode: 'local', steps: steps as number, outerLearningRate: lr, outerMomentum: mu }
+  const out: SyncSpec = { mode: 'local', averaging: averaging as Averaging, steps: steps as number, outerLearningRate: lr, outerMomentum: mu }
   if (s.replicas !== undefined) {
     if (!Number.isSafeInteger(s.replicas) || (s.replicas as number) < 1 || (s.replicas as number) > MAX_REPLICAS) throw badParam(`params.sync.replicas must be an integer from 1 to ${MAX_REPLICAS}`)
     out.replicas = s.replicas as number
@@ -189,6 +210,8 @@ function checkEmbeddingIds (t: Record<string, HostTensor>, embeddings: Array<{ n
 export interface ModelTrainComponents extends TrainComponents {
   /** Peers that could compute a shard now, this node included. */
   peers: () => number
+  /** The node's allreduce service, for butterfly rounds. */
+  allreduce?: AllReduce
   /** Holds bytes the job will write (checkpoints, the model) once the model's size is known. */
   reserve?: (bytes: number) => void
 }
@@ -306,6 +329,10 @@ export async function runModelTraining (c: ModelTrainComponents, job: Job, param
     metrics.progress = { done: startEpoch * roundsPerEpoch, total: totalRounds, unit: step ? 'steps' : 'rounds' }
     metrics.wireBytes ??= 0
     const apply = stepOptimizer(params.optimizer, w, m, v, mask)
+    // Butterfly rounds serve x, y and the model by CID themselves (outside Coordinator.run), for the whole job.
+    const shares = c.coordinator.shares()
+    const excluded = new Set<string>()
+    job.controller.signal.addEventListener('abort', () => { shares.release() }, { once: true })
     for (let epoch = startEpoch; epoch < params.epochs; epoch++) {
       const t0 = performance.now()
       let lossSum = 0
@@ -320,15 +347,24 @@ export async function runModelTraining (c: ModelTrainComponents, job: Job, param
           : { mode: 'local', loss: params.loss, paramCount: P, seed: params.seed, replicas, round: global, steps: (sync as { steps: number }).steps, batchSize: params.batchSize, optimizer: params.optimizer }
         const sub = new Job({ id: `${job.id}-${step ? 's' : 'r'}${global}`, op: modelTrain.name, params: subParams, inputs: { x, y, w: wt }, blobs, verify: job.verify, schedule: { ...ROUND_SCHEDULE, ...job.schedule } })
         sub.plan = getOperator(modelTrain.name).plan(sub.inputs ?? {}, sub.params, blobs)
-        const out = await runRound(c, job, sub, global)
-        if (job.finished) return
-        const g = Float64Array.from(out.data)
+        let g: Float64Array
+        if (sync.averaging === 'butterfly' && c.allreduce !== undefined) {
+          const out = await butterflyRound(c, job, sub, shares, excluded, global)
+          if (job.finished) return
+          g = Float64Array.from(out.sum)
+          for (const p of out.members) peers.add(p)
+          metrics.wireBytes += out.bytes
+        } else {
+          const out = await runRound(c, job, sub, global)
+          if (job.finished) return
+          g = Float64Array.from(out.data)
+          for (const s of sub.shards) if (s.peer !== undefined) peers.add(s.peer)
+          metrics.wireBytes += wireBytes(sub, P, c.coordinator.selfId)
+        }
         const count = g[P + 1] ?? 0
         if (!(count > 0)) throw new TensormeshError('ERR_ROUND_FAILED', `round ${global}: the result covers no rows`)
         lossSum += g[P] ?? 0
         lossRows += count
-        for (const s of sub.shards) if (s.peer !== undefined) peers.add(s.peer)
-        metrics.wireBytes += wireBytes(sub, P, c.coordinator.selfId)
         if (step) {
           apply(g, count, global)
         } else {
@@ -359,12 +395,70 @@ export async function runModelTraining (c: ModelTrainComponents, job: Job, param
       await onEpoch?.({ round: epoch + 1, w, m, v })
       job.progressed()
     }
+    shares.release()
     const trained = packModel({ ...viewPackedModel(model), weightData: w.slice().buffer })
     job.model = { cid: await c.blobs.put(trained, jobOwner(job.id)), bytes: trained.byteLength }
     job.finish('succeeded', hostTensor('float32', [P], w.slice()))
   } catch (err) {
     if (!job.finished) job.finish('failed', undefined, { code: (err as { code?: string }).code ?? 'ERR_TRAIN_FAILED', message: errorMessage(err) })
   }
+}
+
+/**
+ * One round combined by butterfly: its group is the peers that accept the
+ * round's call for bids (this node first), less those that failed an
+ * earlier round of the job; the units (a step's rows, or the replicas)
+ * are split evenly among them. A member that fails is left out and the
+ * round runs again, up to BUTTERFLY_ATTEMPTS times. Returns the summed
+ * vector, the members, and the coordinator's own bytes (START frames and
+ * weight parts out, reduced parts in).
+ */
+async function butterflyRound (c: ModelTrainComponents, job: Job, sub: Job, shares: JobShares, excluded: Set<string>, round: number): Promise<{ sum: Float32Array, members: string[], bytes: number }> {
+  const allreduce = c.allreduce as AllReduce
+  const plan = sub.plan as JobPlan
+  const inputs = sub.inputs as Tensors
+  const wt = inputs.w as HostTensor
+  const units = plan.units
+  const cap = sub.params.mode === 'grad' ? Math.min(units, MAX_STEP_MEMBERS) : units
+  const accepted = await c.coordinator.acceptingPeers(sub, cap + excluded.size)
+  job.bids = sub.bids
+  let candidates = accepted.filter(p => !excluded.has(p)).slice(0, cap)
+  if (candidates.length === 0) candidates = accepted.slice(0, 1)
+  const { batchRows: _b, ...taskParams } = sub.params
+  void _b
+  const refs = [{ name: 'x', cid: await shares.tensorRef(inputs.x as HostTensor) }, { name: 'y', cid: await shares.tensorRef(inputs.y as HostTensor) }]
+  const blobRefs = [{ name: 'model', cid: await shares.blobRef((sub.blobs as { model: Uint8Array }).model) }]
+  let bytes = 0
+  let lastError: unknown
+  for (let attempt = 0; attempt < BUTTERFLY_ATTEMPTS && candidates.length > 0; attempt++) {
+    if (job.finished) break
+    const k = Math.min(candidates.length, units)
+    const members = candidates.slice(0, k).map((peer, i) => ({ peer, start: Math.floor(i * units / k), end: Math.floor((i + 1) * units / k) }))
+    for (const m of members) if (m.peer !== c.coordinator.selfId) shares.grant(m.peer, [...refs, ...blobRefs].map(r => r.cid))
+    try {
+      const out = await allreduce.runRound(members, {
+        round: `${sub.id}-a${attempt}`,
+        task: { op: sub.op, params: taskParams },
+        refs,
+        blobs: blobRefs,
+        local: { tensors: { x: inputs.x as HostTensor, y: inputs.y as HostTensor }, blobs: { model: (sub.blobs as { model: Uint8Array }).model } },
+        w: wt.data as Float32Array,
+        vLength: plan.output.shape[0] as number
+      }, job.controller.signal)
+      bytes += out.bytesOut + out.bytesIn
+      return { sum: out.sum, members: members.map(m => m.peer), bytes }
+    } catch (err) {
+      if (job.finished) break
+      lastError = err
+      const failed = err instanceof RemoteRoundError ? err.peer : undefined
+      c.log.warn({ job: job.id, round, attempt, peer: failed, code: errorCode(err), err: errorMessage(err) }, 'butterfly round failed; running it again without the member')
+      if (failed === undefined) break
+      excluded.add(failed)
+      candidates = candidates.filter(p => p !== failed)
+    }
+  }
+  if (job.finished) return { sum: new Float32Array(0), members: [], bytes }
+  throw new TensormeshError('ERR_ROUND_FAILED', `round ${round}: the butterfly failed ${BUTTERFLY_ATTEMPTS} times or ran out of members: ${errorMessage(lastError)}`)
 }
 
 /** One round (a step or an outer round) as a job of its own, its shards shown on the train job. */
