@@ -65,6 +65,9 @@ export const MAX_INBOUND_ALLREDUCE_STREAMS = 2 * MAX_GROUP
 
 const MAX_ROUND_ID = 96
 
+/** Ended rounds remembered, to drop their late parts: a few per active round. */
+export const MAX_ENDED_ROUNDS = 1024
+
 /** Parts of n elements among k members: contiguous, sizes differing by at most one, the larger first. */
 export function partition (n: number, k: number): Array<[number, number]> {
   const out: Array<[number, number]> = []
@@ -249,6 +252,8 @@ export class AllReduce {
   private readonly limits: WireLimits
   private readonly guard: PeerGuard
   private readonly rounds = new Map<string, RoundState>()
+  /** Rounds that ended here lately: a part still on its way for one is dropped, not held as early. */
+  private readonly ended = new Set<string>()
   private earlyBytes = 0
   private stopped = false
 
@@ -297,6 +302,10 @@ export class AllReduce {
 
   private drop (r: RoundState, reason: Error): void {
     clearTimeout(r.timer)
+    if (r.started) {
+      this.ended.add(r.id)
+      if (this.ended.size > MAX_ENDED_ROUNDS) this.ended.delete(this.ended.values().next().value as string)
+    }
     if (!r.controller.signal.aborted) r.controller.abort(reason)
     this.earlyBytes -= r.earlyBytes
     r.earlyBytes = 0
@@ -331,7 +340,12 @@ export class AllReduce {
   private async takePart (lp: ReturnType<typeof lpStream>, stream: Stream, part: PartHeader, peer: string): Promise<void> {
     if (part.kind !== KIND_W && part.kind !== KIND_V) throw new ProtocolError('allreduce: part kind must be w or v', 'ERR_BAD_MESSAGE')
     if (part.part >= MAX_GROUP || part.from >= MAX_GROUP) throw new ProtocolError('allreduce: part index past the largest group', 'ERR_BAD_MESSAGE')
-    const r = this.state(checkRoundId(part.round), true) as RoundState
+    if (this.ended.has(checkRoundId(part.round))) {
+      // Late for a round that failed or was cancelled here: nobody waits for it.
+      stream.abort(new TensormeshError('ERR_ROUND_DONE', `round ${part.round} is over`))
+      return
+    }
+    const r = this.state(part.round, true) as RoundState
     const declared = await readLength(lp, this.limits)
     const length = r.header !== undefined ? partLength(r.header, part) : undefined
     if (length !== undefined && declared !== length) throw new ProtocolError(`allreduce: round ${r.id}: part of ${declared} values, ${length} expected`, 'ERR_BAD_PART')
