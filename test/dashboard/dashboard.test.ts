@@ -162,6 +162,48 @@ describe('dashboard on a three-node testnet started through the CLI', () => {
   })
 })
 
+describe('dashboard: a train job\'s curve', () => {
+  let node: MeshNode
+
+  beforeAll(async () => {
+    node = await startNode()
+  })
+
+  afterAll(async () => {
+    await node?.stop()
+  })
+
+  it('draws held-out accuracy per epoch for a selected train job, one point per epoch', async () => {
+    const api = node.apiUrl ?? ''
+    const rows = 64
+    const x = Float32Array.from({ length: rows * 2 }, (_, i) => ((i * 7919) % 101) / 50 - 1)
+    const y = Int32Array.from({ length: rows }, (_, r) => (x[2 * r] ?? 0) + (x[2 * r + 1] ?? 0) > 0 ? 1 : 0)
+    const { encodeNpy } = await import('../../src/compute/npy.ts')
+    const { packModel } = await import('../../src/compute/model.ts')
+    const topology = { class_name: 'Sequential', config: { name: 'tiny', layers: [{ class_name: 'Dense', config: { name: 'out', units: 2, activation: 'softmax', batch_input_shape: [null, 2] } }] } }
+    const form = new FormData()
+    form.set('spec', JSON.stringify({ op: 'train', params: { optimizer: { name: 'adam', learningRate: 0.05 }, batchSize: 16, epochs: 3 } }))
+    form.set('blob.model', new Blob([packModel({ modelTopology: topology, weightSpecs: [], weightData: new ArrayBuffer(0) }) as Uint8Array<ArrayBuffer>]), 'model.tmmodel')
+    for (const name of ['x', 'xTest']) form.set(name, new Blob([encodeNpy({ dtype: 'float32', shape: [rows, 2], data: x }) as Uint8Array<ArrayBuffer>]), `${name}.npy`)
+    for (const name of ['y', 'yTest']) form.set(name, new Blob([encodeNpy({ dtype: 'int32', shape: [rows], data: y }) as Uint8Array<ArrayBuffer>]), `${name}.npy`)
+    const res = await fetch(`${api}/v1/jobs`, { method: 'POST', body: form, headers: { authorization: `Bearer ${TEST_TOKEN}` } })
+    expect(res.status).toBe(202)
+    const { id } = await res.json() as { id: string }
+    const { page, errors } = await openPage(api, TEST_TOKEN, 'link')
+    try {
+      const row = page.locator(`[data-testid=job-row][data-job-id="${id}"][data-state=succeeded]`)
+      await row.waitFor()
+      await row.click()
+      await page.locator('[data-testid=train-curve][data-points="3"]').waitFor()
+      expect(await page.locator('[data-testid=train-curve] .curve-dot').count()).toBe(3)
+      expect(await page.locator('.train-curve').textContent()).toMatch(/held-out accuracy [\d.]+% after epoch 3 · 12\/12 steps/)
+      expect(errors).toEqual([])
+    } finally {
+      await page.close()
+    }
+  })
+})
+
 describe('dashboard cancel', () => {
   let node: MeshNode
   let release: () => void = () => {}

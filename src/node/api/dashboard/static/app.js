@@ -349,8 +349,9 @@ function renderTimeline () {
     `${job.shards.length} shards on ${peersUsed.size} peer${peersUsed.size === 1 ? '' : 's'} · ${attempts.length} copies · ${count('retry')} retries · ${count('backup')} backups · ${failed} failed · `,
     job.elapsedMs !== undefined ? duration(job.elapsedMs) : `running ${duration(now - Date.parse(job.createdAt))}`,
     job.error ? h('span', { class: 'error-text' }, ` · ${job.error.code}: ${job.error.message}`) : '')
+  const curve = job.op === 'train' && job.metrics !== undefined ? [trainCurve(job)] : []
   if (attempts.length === 0) {
-    el.replaceChildren(h('p', { class: 'empty' }, job.state === 'queued' || job.state === 'running' ? 'Waiting for bids…' : 'This job ran no shard.'))
+    el.replaceChildren(...curve, h('p', { class: 'empty' }, job.state === 'queued' || job.state === 'running' ? 'Waiting for bids…' : 'This job ran no shard.'))
     if (running) state.tick = setInterval(renderTimeline, 250)
     return
   }
@@ -407,8 +408,51 @@ function renderTimeline () {
   for (let t = 0; t <= span + 1e-9; t += step) {
     axis.append(h('span', { class: 'tick', style: `left:${((t / span) * 100).toFixed(3)}%` }, duration(t)))
   }
-  el.replaceChildren(...rows, h('div', { class: 'lane axis-lane' }, h('div', { class: 'lane-label' }), axis))
+  el.replaceChildren(...curve, ...rows, h('div', { class: 'lane axis-lane' }, h('div', { class: 'lane-label' }), axis))
   if (running) state.tick = setInterval(renderTimeline, 250)
+}
+
+/**
+ * A train job's held-out accuracy (solid) and loss (dashed, on its own
+ * scale) per epoch (per round for the MLP shorthand), redrawn as the job's
+ * events arrive; the title says how far the current epoch is.
+ */
+function trainCurve (job) {
+  const rounds = job.metrics?.rounds ?? []
+  const progress = job.metrics?.progress
+  const W = 640
+  const H = 150
+  const pad = { l: 44, r: 44, t: 10, b: 22 }
+  const w = W - pad.l - pad.r
+  const ht = H - pad.t - pad.b
+  const n = Math.max(rounds.length, 1)
+  const X = (i) => pad.l + (n === 1 ? w / 2 : (i / (n - 1)) * w)
+  const accs = rounds.map(r => r.accuracy).filter(Number.isFinite)
+  const losses = rounds.map(r => r.testLoss).filter(Number.isFinite)
+  const aLo = accs.length > 0 ? Math.min(...accs) : 0
+  const aHi = accs.length > 0 ? Math.max(...accs) : 1
+  const lHi = losses.length > 0 ? Math.max(...losses) : 1
+  const YA = (a) => pad.t + ht - ((a - aLo) / Math.max(aHi - aLo, 1e-6)) * ht
+  const YL = (l) => pad.t + ht - (l / Math.max(lHi, 1e-9)) * ht
+  const line = (pts, cls) => s('polyline', { points: pts.join(' '), class: cls, fill: 'none' })
+  const svg = s('svg', { viewBox: `0 0 ${W} ${H}`, width: '100%', height: H, 'data-testid': 'train-curve', 'data-points': rounds.length, role: 'img' },
+    s('line', { x1: pad.l, y1: pad.t + ht, x2: pad.l + w, y2: pad.t + ht, class: 'curve-axis' }),
+    s('text', { x: pad.l - 4, y: pad.t + 8, 'text-anchor': 'end', class: 'curve-label' }, accs.length > 0 ? `${(aHi * 100).toFixed(1)}%` : ''),
+    s('text', { x: pad.l - 4, y: pad.t + ht, 'text-anchor': 'end', class: 'curve-label' }, accs.length > 0 ? `${(aLo * 100).toFixed(1)}%` : ''),
+    s('text', { x: pad.l + w + 4, y: pad.t + 8, class: 'curve-label' }, losses.length > 0 ? `loss ${lHi.toFixed(3)}` : ''),
+    s('text', { x: pad.l + w / 2, y: H - 4, 'text-anchor': 'middle', class: 'curve-label' }, progress !== undefined ? 'epoch' : 'round'))
+  if (accs.length > 0) svg.append(line(rounds.map((r, i) => `${X(i).toFixed(1)},${YA(r.accuracy).toFixed(1)}`), 'curve-acc'))
+  if (losses.length > 0) svg.append(line(rounds.map((r, i) => `${X(i).toFixed(1)},${YL(r.testLoss).toFixed(1)}`), 'curve-loss'))
+  rounds.forEach((r, i) => {
+    if (Number.isFinite(r.accuracy)) svg.append(s('circle', { cx: X(i).toFixed(1), cy: YA(r.accuracy).toFixed(1), r: 3, class: 'curve-dot' }, s('title', {}, `${progress !== undefined ? 'epoch' : 'round'} ${r.round}: held-out accuracy ${(r.accuracy * 100).toFixed(2)}%, loss ${r.testLoss.toFixed(4)}, training loss ${r.loss.toFixed(4)}`)))
+  })
+  const last = rounds.at(-1)
+  const head = [
+    last !== undefined && Number.isFinite(last.accuracy) ? `held-out accuracy ${(last.accuracy * 100).toFixed(2)}% after ${progress !== undefined ? 'epoch' : 'round'} ${last.round}` : 'no epoch finished yet',
+    progress !== undefined ? ` · ${progress.done}/${progress.total} ${progress.unit}` : '',
+    job.metrics?.wireBytes !== undefined ? ` · ${bytes(job.metrics.wireBytes)} on the wire` : ''
+  ].join('')
+  return h('div', { class: 'train-curve' }, h('div', { class: 'muted' }, head), svg)
 }
 
 function niceStep (raw) {
