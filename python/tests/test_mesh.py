@@ -172,6 +172,28 @@ def test_train_shortcut_returns_the_folder(mesh: Mesh, tmp_path: Path) -> None:
     assert (folder / "weights.bin").stat().st_size == (2 * 4 + 4 + 4 * 2 + 2) * 4
 
 
+def test_train_a_model_json_in_local_mode(mesh: Mesh, tmp_path: Path) -> None:
+    """A layers-model without weights, DiLoCo rounds; numpy scores the written weights as the job did."""
+    (tmp_path / "net").mkdir()
+    topology = {"class_name": "Sequential", "config": {"name": "tiny", "layers": [
+        {"class_name": "Dense", "config": {"name": "out", "units": 2, "activation": "softmax", "batch_input_shape": [None, 2], "use_bias": True,
+                                            "kernel_initializer": {"class_name": "GlorotUniform", "config": {"seed": None}},
+                                            "bias_initializer": {"class_name": "Zeros", "config": {}}}}]}}
+    (tmp_path / "net" / "model.json").write_text(json.dumps({"format": "layers-model", "modelTopology": topology}))
+    x, y = blobs(17, 400)
+    xt, yt = blobs(18, 200)
+    with pytest.raises(TensormeshError) as err:
+        mesh.train(x, y, xt, yt, model=tmp_path / "net", rounds=3, out_dir=tmp_path / "bad")
+    assert err.value.code == "ERR_BAD_ARGUMENT"
+    folder = mesh.train(x, y, xt, yt, model=tmp_path / "net", loss="sparseCategoricalCrossentropy", optimizer={"name": "adam", "learningRate": 0.05},
+                        batch_size=20, epochs=2, seed=4, sync={"mode": "local", "steps": 5, "replicas": 2}, out_dir=tmp_path / "m", timeout=T)
+    doc = json.loads((folder / "model.json").read_text())
+    flat = np.fromfile(folder / doc["weightsManifest"][0]["paths"][0], dtype="<f4")
+    w, b = flat[:4].reshape(2, 2), flat[4:]
+    accuracy = float(((xt @ w + b).argmax(1) == yt).mean())
+    assert accuracy >= 0.95
+
+
 # -- jobs ----------------------------------------------------------------------------
 
 

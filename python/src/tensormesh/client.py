@@ -411,7 +411,7 @@ class Mesh:
         waited for before the request (the node takes only a job that has
         succeeded, and only one of its own: 404 ``ERR_JOB_NOT_FOUND`` else).
         ``params``, ``verify`` and ``schedule`` are the job spec's objects
-        (README.md lists each operator's). ``model`` is for infer jobs: a
+        (README.md lists each operator's). ``model`` is for infer and train jobs: a
         model folder or ``model.json`` path (packed here, sent as part
         ``blob.model`` as the CLI does), packed bytes, or the CID of a model
         the mesh holds.
@@ -570,31 +570,64 @@ class Mesh:
         y_test: Any,
         *,
         out_dir: PathLike,
+        model: Union[PathLike, bytes, ModelArtifacts, None] = None,
+        loss: Optional[str] = None,
+        batch_size: Optional[int] = None,
+        epochs: Optional[int] = None,
+        sync: Optional[Mapping[str, Any]] = None,
         layers: Optional[Sequence[int]] = None,
         activation: Optional[str] = None,
         rounds: Optional[int] = None,
         learning_rate: Optional[float] = None,
-        optimizer: Optional[str] = None,
+        optimizer: Union[str, Mapping[str, Any], None] = None,
         seed: Optional[int] = None,
         **opts: Any,
     ) -> Path:
-        """Trains an MLP data-parallel across the mesh and writes it to ``out_dir``; returns that folder.
+        """Trains a model data-parallel across the mesh and writes it to ``out_dir``; returns that folder.
 
-        ``x`` float32 [n, features] and int labels ``y`` [n] to train on,
-        ``x_test``/``y_test`` held out (the job's metrics measure them each
-        round). Unset params take the node's defaults: layers [784, 128, 10]
-        (input width first, classes last), activation relu, 50 rounds,
-        learning rate 0.005, adam, seed 1. The folder holds ``model.json`` and
-        ``weights.bin`` as TF.js writes them. For the metrics, use
-        ``submit('train', ...)`` and the job's record.
+        ``x`` [n, ...model input] and ``y`` to train on, ``x_test``/``y_test``
+        held out (the job's metrics measure them each epoch).
+
+        With ``model`` (a TF.js layers-model folder or ``model.json``, packed
+        here and sent as part ``blob.model`` as the CLI does; packed bytes or
+        a :class:`ModelArtifacts` too): mini-batch training of that model.
+        ``loss`` (sparseCategoricalCrossentropy, categoricalCrossentropy,
+        binaryCrossentropy, meanSquaredError), ``optimizer`` a name or
+        ``{"name": "adam", "learningRate": 0.001, ...}``, ``batch_size``,
+        ``epochs``, ``seed``, and ``sync``: ``{"mode": "step"}`` (the
+        default: one optimizer step per global batch) or ``{"mode": "local",
+        "steps": H, "outerLearningRate": 0.7, "outerMomentum": 0.9}``
+        (DiLoCo). A model.json without weights starts from its layers'
+        initialisers, seeded by ``seed``.
+
+        Without ``model``: the MLP shorthand, full-batch. Unset params take
+        the node's defaults: layers [784, 128, 10] (input width first,
+        classes last), activation relu, 50 rounds, learning rate 0.005, adam,
+        seed 1.
+
+        The folder holds ``model.json`` and ``weights.bin`` as TF.js writes
+        them. For the metrics, use ``submit('train', ...)`` and the job's
+        record.
         """
         params: Dict[str, Any] = {}
-        for key, value in (("layers", None if layers is None else [int(w) for w in layers]), ("activation", activation), ("rounds", rounds),
-                           ("learningRate", learning_rate), ("optimizer", optimizer), ("seed", seed)):
-            if value is not None:
-                params[key] = value
+        if model is not None:
+            mlp_only = [k for k, v in (("layers", layers), ("activation", activation), ("rounds", rounds), ("learning_rate", learning_rate)) if v is not None]
+            if mlp_only:
+                raise TensormeshError("ERR_BAD_ARGUMENT", f"train: {', '.join(mlp_only)} belong to the MLP shorthand; with a model, set the learning rate in optimizer={{'name': ..., 'learningRate': ...}}")
+            for key, value in (("loss", loss), ("optimizer", None if optimizer is None else (optimizer if isinstance(optimizer, str) else dict(optimizer))),
+                               ("batchSize", batch_size), ("epochs", epochs), ("seed", seed), ("sync", None if sync is None else dict(sync))):
+                if value is not None:
+                    params[key] = value
+        else:
+            model_only = [k for k, v in (("loss", loss), ("batch_size", batch_size), ("epochs", epochs), ("sync", sync)) if v is not None]
+            if model_only:
+                raise TensormeshError("ERR_BAD_ARGUMENT", f"train: {', '.join(model_only)} need a model=; the MLP shorthand takes layers, activation, rounds, learning_rate, optimizer, seed")
+            for key, value in (("layers", None if layers is None else [int(w) for w in layers]), ("activation", activation), ("rounds", rounds),
+                               ("learningRate", learning_rate), ("optimizer", optimizer), ("seed", seed)):
+                if value is not None:
+                    params[key] = value
         inputs = {"x": x, "y": y, "xTest": x_test, "yTest": y_test}
-        return self._run("train", inputs, params, opts, out_dir=out_dir)  # type: ignore[no-any-return]
+        return self._run("train", inputs, params, opts, model=model, out_dir=out_dir)  # type: ignore[no-any-return]
 
 
 def _quote(job_id: str) -> str:
