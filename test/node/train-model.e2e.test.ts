@@ -200,6 +200,7 @@ describe('train a layers-model over the mesh', () => {
     const cases: Array<[string, Record<string, unknown>, string, RegExp]> = [
       ['big-batch', { ...base, params: { model: 'cnn/model.json', batchSize: 1000 } }, 'ERR_BAD_PARAMS', /batchSize is 1000 but x has 384 rows/],
       ['steps', { ...base, params: { model: 'cnn/model.json', sync: { mode: 'local', steps: 0 } } }, 'ERR_BAD_PARAMS', /sync.steps must be an integer from 1/],
+      ['verified-butterfly', { ...base, verify: { replicas: 2 }, params: { model: 'cnn/model.json', sync: { mode: 'local', steps: 2, averaging: 'butterfly' } } }, 'ERR_BAD_PARAMS', /"butterfly" cannot be verified/],
       ['x-shape', { ...base, inputs: { ...base.inputs, x: 'sent-x.npy', y: 'sent-y.npy' }, params: { model: 'cnn/model.json' } }, 'ERR_SHAPE_MISMATCH', /x is int32\[600, 10\] but the model takes \[n, 8, 8, 1\]/],
       ['labels', { ...base, params: { model: 'emb/model.json', loss: 'sparseCategoricalCrossentropy' } }, 'ERR_SHAPE_MISMATCH', /x is float32\[384, 8, 8, 1\]/]
     ]

@@ -239,10 +239,11 @@ export class JobManager {
 
   /** `train` with a model (params.model, sent as blobs.model): checked whole before it is queued; its storage is held once its size is known. */
   private submitModelTraining (spec: JobSpec, refs: SubmitRefs): Job {
-    const params = checkModelTrainParams(spec.params ?? {})
+    const verify = checkVerify(spec.verify)
+    const params = checkModelTrainParams(spec.params ?? {}, verifies(verify))
     this.checkInputLimits(spec.inputs)
     checkModelTrainJob(spec.inputs, spec.blobs, params)
-    const job = new Job({ id: randomUUID(), op: 'train', params: { ...params }, inputs: spec.inputs, blobs: spec.blobs, verify: checkVerify(spec.verify), schedule: checkSchedule(spec.schedule) })
+    const job = new Job({ id: randomUUID(), op: 'train', params: { ...params }, inputs: spec.inputs, blobs: spec.blobs, verify, schedule: checkSchedule(spec.schedule) })
     this.reserveStorage(job, this.journal === undefined ? 0 : inputBytes(spec))
     this.remember(job, refs)
     this.track(job)
@@ -560,7 +561,7 @@ export class JobManager {
           const onRound = journal === undefined ? undefined : async (cp: TrainCheckpoint): Promise<void> => { this.persist(job, async () => { await journal.checkpoint(job, cp) }); await job.persisted }
           if (job.blobs?.model !== undefined) {
             const peers = (): number => this.c.directory.size + (this.init.serve ? 1 : 0)
-            await runModelTraining({ ...components, peers, allreduce: this.allreduce, reserve: (bytes) => { this.reserveStorage(job, bytes) } }, job, checkModelTrainParams(job.params), resume, onRound)
+            await runModelTraining({ ...components, peers, allreduce: this.allreduce, reserve: (bytes) => { this.reserveStorage(job, bytes) } }, job, checkModelTrainParams(job.params, verifies(job.verify)), resume, onRound)
             return
           }
           await runTraining(components, job, checkTrainParams(job.params), resume, onRound)
@@ -598,6 +599,11 @@ export class JobManager {
       }
     }
   }
+}
+
+/** Whether a job's verify asks for anything beyond one copy of each shard. */
+function verifies (v: { replicas?: number, spotCheck?: number }): boolean {
+  return (v.replicas ?? 1) > 1 || (v.spotCheck ?? 0) > 0
 }
 
 /** What a job's inputs and blobs take in the journal. */

@@ -90,11 +90,19 @@ export const MODEL_TRAIN_PARAMS = ['loss', 'optimizer', 'batchSize', 'epochs', '
 
 const badParam = (message: string): InvalidInputError => new InvalidInputError(`train: ${message}`, 'ERR_BAD_PARAMS')
 
-function checkSync (v: unknown): SyncSpec {
+/**
+ * The default averaging: butterfly for local mode (a round's vectors are
+ * few and large), star for step mode (a step's are small and come fast,
+ * and each step's job is cheap to run as an ordinary one); star whenever
+ * the job asks for verification, which only ordinary jobs do (replicas and
+ * spot checks compare shards' partials, which a butterfly never gathers).
+ */
+function checkSync (v: unknown, verified: boolean): SyncSpec {
   const s = v ?? { mode: 'step' }
   if (!isPlainObject(s)) throw badParam('params.sync must be {"mode": "step"} or {"mode": "local", "steps": H, ...}')
-  const averaging = s.averaging ?? 'star'
+  const averaging = s.averaging ?? (s.mode === 'local' && !verified ? 'butterfly' : 'star')
   if (!(AVERAGING as readonly unknown[]).includes(averaging)) throw badParam(`params.sync.averaging must be one of ${AVERAGING.join(', ')}`)
+  if (averaging === 'butterfly' && verified) throw badParam('params.sync.averaging "butterfly" cannot be verified (verify compares shards\' partials, which a butterfly round never gathers); use "star" with verify')
   if (s.mode === 'step') {
     const extra = Object.keys(s).filter(k => k !== 'mode' && k !== 'averaging')
     if (extra.length > 0) throw badParam(`params.sync {"mode": "step"} takes only averaging; not ${extra.join(', ')}`)
@@ -118,7 +126,8 @@ function checkSync (v: unknown): SyncSpec {
   return out
 }
 
-export function checkModelTrainParams (value: unknown): ModelTrainJobParams {
+/** A model-train job's params, defaults filled in; `verified`: the job's verify asks for replicas or spot checks. */
+export function checkModelTrainParams (value: unknown, verified = false): ModelTrainJobParams {
   if (!isPlainObject(value)) throw badParam('params must be an object')
   const extra = Object.keys(value).filter(k => !(MODEL_TRAIN_PARAMS as readonly string[]).includes(k))
   if (extra.length > 0) throw badParam(`unknown param ${extra.join(', ')} for a model; allowed: model, ${MODEL_TRAIN_PARAMS.join(', ')} (layers, activation, rounds and learningRate belong to the MLP shorthand, without a model)`)
@@ -130,7 +139,7 @@ export function checkModelTrainParams (value: unknown): ModelTrainJobParams {
   if (!Number.isSafeInteger(epochs) || (epochs as number) < 1 || (epochs as number) > MAX_TRAIN_EPOCHS) throw badParam(`params.epochs must be an integer from 1 to ${MAX_TRAIN_EPOCHS}`)
   const seed = value.seed ?? 1
   if (!Number.isSafeInteger(seed)) throw badParam('params.seed must be an integer')
-  return { loss, optimizer, batchSize: batchSize as number, epochs: epochs as number, seed: seed as number, sync: checkSync(value.sync) }
+  return { loss, optimizer, batchSize: batchSize as number, epochs: epochs as number, seed: seed as number, sync: checkSync(value.sync, verified) }
 }
 
 /**
