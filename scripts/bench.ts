@@ -14,7 +14,7 @@ import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { Worker } from 'node:worker_threads'
-import { decodeNpy } from '../src/compute/npy.ts'
+import { decodeNpy, encodeNpy } from '../src/compute/npy.ts'
 import { ExecutorPool } from '../src/compute/pool.ts'
 import { prng } from '../src/compute/random.ts'
 import type { HostTensor } from '../src/compute/tensor.ts'
@@ -50,7 +50,7 @@ function record (f: Figure): void {
 const round = (x: number): number => Math.abs(x) >= 100 ? Math.round(x) : Math.round(x * 100) / 100
 
 const { values } = parseArgs({ options: { only: { type: 'string' }, 'fault-rows': { type: 'string' } } })
-const sections = values.only?.split(',') ?? ['compute', 'pool', 'mesh', 'overhead', 'transfer', 'trust', 'convergence', 'faults', 'scaling', 'images']
+const sections = values.only?.split(',') ?? ['compute', 'pool', 'mesh', 'overhead', 'transfer', 'trust', 'convergence', 'faults', 'scaling', 'images', 'train']
 const started = Date.now()
 
 // ---------------------------------------------------------------- compute
@@ -652,8 +652,97 @@ async function imagesSection (): Promise<void> {
   record({ section: 'images', name: `the same job, 2 nodes (${where})`, value: two, unit: 'images/s', baseline: { name: '1 node', value: one, unit: 'images/s' }, ratio: two / one, goal: root ? '>= 1.7' : undefined, note: root ? 'ratio = speedup' : 'ratio = speedup; two nodes and their workers share the 2 cores with this process: run as root for the pinned figure' })
 }
 
+// ---------------------------------------------------------------- train
+/** Rows of the train section's data: 60 steps of 64. */
+const TRAIN_ROWS = 3840
+const TRAIN_BATCH = 64
+
+/**
+ * Training throughput: the example MNIST CNN (examples/mnist-cnn/model.json)
+ * on seeded data of MNIST's shape (speed does not depend on the values),
+ * one epoch of TRAIN_ROWS rows at batch 64. Baseline: TF.js model.fit of
+ * the same model and batch in this process, on wasm. Then a train job on a
+ * 1-node and a 2-node testnet (one core per node with --netns --cpus as
+ * root), in step and in local mode; each figure is the epoch's time of the
+ * second of two jobs (the first carries the data's transfer and kernel set-up).
+ */
+async function trainSection (): Promise<void> {
+  const topology = JSON.parse(await readFile(new URL('../examples/mnist-cnn/model.json', import.meta.url), 'utf8')) as { modelTopology: Record<string, unknown> }
+  const u = prng(41)
+  const x = { dtype: 'float32' as const, shape: [TRAIN_ROWS, 28, 28, 1], data: Float32Array.from({ length: TRAIN_ROWS * 784 }, () => u()) }
+  const y = { dtype: 'int32' as const, shape: [TRAIN_ROWS], data: Int32Array.from({ length: TRAIN_ROWS }, () => Math.floor(u() * 10)) }
+  const xt = { ...x, shape: [256, 28, 28, 1], data: x.data.slice(0, 256 * 784) }
+  const yt = { ...y, shape: [256], data: y.data.slice(0, 256) }
+
+  const { loadBackend } = await import('../src/compute/backend.ts')
+  const { tf } = await loadBackend('wasm')
+  await import('@tensorflow/tfjs')
+  const layers = await import('@tensorflow/tfjs-layers')
+  const model = await layers.loadLayersModel(tf.io.fromMemory({ modelTopology: topology.modelTopology }))
+  model.compile({ optimizer: tf.train.adam(0.001), loss: 'sparseCategoricalCrossentropy' })
+  const xs = tf.tensor(x.data, x.shape, 'float32')
+  const ys = tf.tensor(y.data, y.shape, 'float32')
+  await model.fit(xs.slice(0, 640), ys.slice(0, 640), { batchSize: TRAIN_BATCH, epochs: 1, verbose: 0 })
+  const fits: number[] = []
+  for (let rep = 0; rep < 2; rep++) {
+    const t0 = performance.now()
+    await model.fit(xs, ys, { batchSize: TRAIN_BATCH, epochs: 1, verbose: 0 })
+    fits.push(TRAIN_ROWS / ((performance.now() - t0) / 1000))
+  }
+  model.dispose()
+  xs.dispose()
+  ys.dispose()
+  const fit = median(fits)
+  record({ section: 'train', name: `MNIST CNN (${TRAIN_ROWS} rows, batch ${TRAIN_BATCH}): TF.js model.fit in one process (wasm)`, value: fit, unit: 'samples/s' })
+
+  const root = process.getuid?.() === 0
+  const flags = root ? ['--netns', '--cpus', '--workers', '1'] : ['--workers', '1']
+  const where = root ? 'one core each, netns' : 'loopback, cores shared'
+  const form = (sync: Record<string, unknown>): FormData => {
+    const f = new FormData()
+    f.set('spec', JSON.stringify({ op: 'train', params: { loss: 'sparseCategoricalCrossentropy', optimizer: { name: 'adam', learningRate: 0.001 }, batchSize: TRAIN_BATCH, epochs: 1, seed: 1, sync } }))
+    f.set('blob.model', new Blob([packModel({ modelTopology: topology.modelTopology, weightSpecs: [], weightData: new ArrayBuffer(0), format: 'layers-model' }) as Uint8Array<ArrayBuffer>]), 'model.tmmodel')
+    for (const [name, t] of [['x', x], ['y', y], ['xTest', xt], ['yTest', yt]] as const) f.set(name, new Blob([encodeNpy(t) as Uint8Array<ArrayBuffer>]), `${name}.npy`)
+    return f
+  }
+  const rate = async (nodes: number, sync: Record<string, unknown>): Promise<{ rate: number, wire: number, perRound: number }> => {
+    const net = await Testnet.start(nodes, flags)
+    try {
+      const client = new ApiClient(net.node(0).api)
+      let last: JobView | undefined
+      for (let rep = 0; rep < 2; rep++) {
+        const submitted = await (await client.request('POST', '/v1/jobs', form(sync))).json() as JobView
+        last = await new RemoteJob(client, submitted.id).wait()
+        if (last.state !== 'succeeded') throw new Error(`train job ${last.id} ${last.state}: ${last.error?.message ?? ''}`)
+      }
+      const epoch = last?.metrics?.rounds[0]
+      const wire = last?.metrics?.wireBytes ?? 0
+      return { rate: TRAIN_ROWS / ((epoch?.ms ?? NaN) / 1000), wire, perRound: wire / Math.max(1, last?.metrics?.progress?.total ?? 1) }
+    } finally {
+      await net.stop()
+    }
+  }
+  const step = { mode: 'step' }
+  const local = { mode: 'local', steps: 30, replicas: 2 }
+  const one = await rate(1, step)
+  record({ section: 'train', name: `the same epoch as a train job, step mode, 1 node (${where})`, value: one.rate, unit: 'samples/s', baseline: { name: 'model.fit in one process', value: fit, unit: 'samples/s' }, ratio: one.rate / fit, goal: '>= 0.8', note: 'the epoch\'s time, held-out evaluation of 256 rows included' })
+  const two = await rate(2, step)
+  record({ section: 'train', name: `step mode, 2 nodes (${where})`, value: two.rate, unit: 'samples/s', baseline: { name: '1 node', value: one.rate, unit: 'samples/s' }, ratio: two.rate / one.rate, goal: root ? '>= 1.6' : undefined, note: `ratio = speedup; ${Math.round(two.wire / 1e6)} MB on the wire${root ? '' : '; both nodes share 2 cores with this process: run as root for the pinned figure'}` })
+  const oneLocal = await rate(1, local)
+  const twoLocal = await rate(2, local)
+  record({ section: 'train', name: `local mode (H=30, 2 replicas), 2 nodes (${where})`, value: twoLocal.rate, unit: 'samples/s', baseline: { name: 'local mode, 1 node', value: oneLocal.rate, unit: 'samples/s' }, ratio: twoLocal.rate / oneLocal.rate, goal: root ? '>= 1.6' : undefined, note: `ratio = speedup; ${round(twoLocal.wire / 1e6)} MB on the wire, ${round(two.wire / Math.max(1, twoLocal.wire))}x fewer than step mode` })
+  record({ section: 'train', name: 'bytes on the wire, local mode (H=30) vs step mode, 2 nodes, one epoch', value: twoLocal.wire, unit: 'B', baseline: { name: 'step mode', value: two.wire, unit: 'B' }, ratio: two.wire / Math.max(1, twoLocal.wire), goal: '>= 10x fewer', note: 'ratio = step bytes / local bytes' })
+  // The coordinator's bytes per round as the group grows: the star's grow with it, the butterfly's stay near one vector each way.
+  const butterfly = { ...local, averaging: 'butterfly' }
+  const star3 = await rate(3, { ...local, replicas: 3 })
+  const fly2 = await rate(2, butterfly)
+  const fly3 = await rate(3, { ...butterfly, replicas: 3 })
+  record({ section: 'train', name: 'coordinator bytes per round, star, 3 nodes', value: star3.perRound, unit: 'B', baseline: { name: '2 nodes', value: twoLocal.perRound, unit: 'B' }, ratio: star3.perRound / Math.max(1, twoLocal.perRound), note: 'ratio = 3 nodes / 2 nodes: a star grows with the peers (k - 1 vectors each way)' })
+  record({ section: 'train', name: 'coordinator bytes per round, butterfly, 3 nodes', value: fly3.perRound, unit: 'B', baseline: { name: '2 nodes', value: fly2.perRound, unit: 'B' }, ratio: fly3.perRound / Math.max(1, fly2.perRound), goal: 'equal within 10% (coordinator outside the group); (k - 1)/k of a vector each way with it inside', note: `ratio = 3 nodes / 2 nodes; the coordinator is a member, so its own part stays home: 1/2 then 2/3 of a vector each way, bounded by 1; samples/s butterfly ${round(fly2.rate)} vs star ${round(twoLocal.rate)} on 2 nodes` })
+}
+
 const run: Record<string, () => Promise<void>> = {
-  compute: computeSection, pool: poolSection, mesh: meshSection, overhead: overheadSection, transfer: transferSection, trust: trustSection, convergence: convergenceSection, faults: faultsSection, scaling: scalingSection, images: imagesSection
+  compute: computeSection, pool: poolSection, mesh: meshSection, overhead: overheadSection, transfer: transferSection, trust: trustSection, convergence: convergenceSection, faults: faultsSection, scaling: scalingSection, images: imagesSection, train: trainSection
 }
 for (const s of sections) {
   const f = run[s]
