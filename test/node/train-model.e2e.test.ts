@@ -194,7 +194,7 @@ describe('train a layers-model over the mesh', () => {
     expect(Math.abs(right - (last?.accuracy ?? 0) * 128)).toBeLessThanOrEqual(SLACK_ROWS)
   })
 
-  it('refuses before anything starts: a batch larger than the data, labels out of range, x that does not fit, token ids past the Embedding, sync.steps < 1, an unsupported layer', async () => {
+  it('refuses before anything starts: a batch larger than the data, labels out of range, x that does not fit, token ids past the Embedding, sync.steps < 1, butterfly with verify, an unsupported layer, a graph-model', async () => {
     const client = new MeshClient(nodes[0]?.apiUrl ?? '', { token: TEST_TOKEN })
     const base = { op: 'train', inputs: { x: 'quad-x.npy', y: 'quad-y.npy', xTest: 'quad-test-x.npy', yTest: 'quad-test-y.npy' } }
     const cases: Array<[string, Record<string, unknown>, string, RegExp]> = [
@@ -218,6 +218,13 @@ describe('train a layers-model over the mesh', () => {
     mkdirSync(join(work, 'emb20'), { recursive: true })
     writeFileSync(join(work, 'emb20', 'model.json'), JSON.stringify({ format: 'layers-model', modelTopology: emb20 }))
     cases.push(['ids', { ...base, inputs: { x: 'sent-x.npy', y: 'sent-y.npy', xTest: 'sent-test-x.npy', yTest: 'sent-test-y.npy' }, params: { model: 'emb20/model.json', loss: 'binaryCrossentropy' } }, 'ERR_BAD_INPUT', /x\[\d+, \d\] is 2\d, but Embedding layer 'embedding_Embedding\d+' takes integer ids in \[0, 20\)/])
+    // A graph-model (tensorflowjs_converter's GraphDef JSON): inference only.
+    mkdirSync(join(work, 'graph'), { recursive: true })
+    writeFileSync(join(work, 'graph', 'model.json'), JSON.stringify({
+      format: 'graph-model',
+      modelTopology: { node: [{ name: 'x', op: 'Placeholder', attr: { dtype: { type: 'DT_FLOAT' }, shape: { shape: { dim: [{ size: '-1' }, { size: '2' }] } } } }, { name: 'y', op: 'Relu', input: ['x'], attr: { T: { type: 'DT_FLOAT' } } }] }
+    }))
+    cases.push(['graph', { ...base, params: { model: 'graph/model.json' } }, 'ERR_UNSUPPORTED_MODEL', /the model is a graph-model; training takes a layers-model/])
     for (const [name, job, code, message] of cases) {
       const file = join(work, `bad-${name}.json`)
       writeFileSync(file, JSON.stringify(job))
