@@ -7,7 +7,7 @@
  * round, held-out accuracy by round, and the bytes each peer fetched by CID.
  *
  *   node scripts/train-report.ts                 # writes nothing, prints markdown
- *   node scripts/train-report.ts > bench/training.md
+ *   node scripts/train-report.ts > bench/training-mlp.md
  *
  * The MNIST inputs are written fresh into a temp folder by
  * scripts/examples-data.ts (the same bytes as `npm run examples:data`).
