@@ -150,6 +150,12 @@ describe('model-train operator', () => {
     // The canonical model, trained weights included, is an init's own input: kept as is.
     const again = await init(a.model, 'sparseCategoricalCrossentropy', 99)
     expect([...again.w]).toEqual([...a.w])
+    // A hand-written model.json that names no initialiser (Keras' defaults): the seed decides its weights too.
+    const plain = packModel({ modelTopology: { class_name: 'Sequential', config: { name: 'plain', layers: [{ class_name: 'Dense', config: { name: 'd', units: 3, activation: 'softmax', batch_input_shape: [null, F] } }] } }, weightSpecs: [], weightData: new ArrayBuffer(0) })
+    const p1 = await init(plain, 'sparseCategoricalCrossentropy', 5)
+    const p2 = await init(plain, 'sparseCategoricalCrossentropy', 5)
+    expect([...p1.w]).toEqual([...p2.w])
+    expect([...p1.w]).not.toEqual([...(await init(plain, 'sparseCategoricalCrossentropy', 6)).w])
     const topo = seedInitializers({ model_config: { class_name: 'Sequential', config: { layers: [{ class_name: 'Dense', config: { kernel_initializer: { class_name: 'GlorotUniform', config: {} }, bias_initializer: { class_name: 'Zeros', config: {} } } }] } } }, 1)
     const cfg = ((topo.model_config as { config: { layers: Array<{ config: Record<string, { config: Record<string, unknown> }> }> } }).config.layers[0]?.config) ?? {}
     expect(typeof cfg.kernel_initializer?.config.seed).toBe('number')

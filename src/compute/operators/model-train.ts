@@ -292,6 +292,23 @@ export function seedInitializers (topology: Record<string, unknown>, seed: numbe
   return copy
 }
 
+/**
+ * Runs `f` with Math.random drawn from prng(seed). A layer whose config
+ * names no initialiser (Keras' defaults: glorotUniform kernels, say) gets
+ * one with no seed, and TF.js seeds those from Math.random; so a model.json
+ * written by hand builds the same weights for the same seed too. Only the
+ * init task, in a worker, with nothing else running on its thread.
+ */
+async function seededRandom<T> (seed: number, f: () => Promise<T>): Promise<T> {
+  const original = Math.random
+  Math.random = prng(initSeed(seed, 1 << 20, 0))
+  try {
+    return await f()
+  } finally {
+    Math.random = original
+  }
+}
+
 interface Loaded {
   model: LayersModel
   /** The model's weights in the packed model's weightSpecs order: the flat vector's order. */
@@ -324,7 +341,9 @@ async function loadModel (tf: TF, bytes: Uint8Array, specs: WeightSpec[], seed?:
   if (bare) artifacts.modelTopology = seedInitializers(artifacts.modelTopology, seed ?? 1)
   // Without weights the loader keeps the initialisers' values; with them, its strict check refuses names the topology lacks and vice versa.
   const source = bare ? { modelTopology: artifacts.modelTopology } : artifacts
-  const model = await layers.loadLayersModel(tf.io.fromMemory(source as unknown as Parameters<typeof tf.io.fromMemory>[0]))
+  const model = bare
+    ? await seededRandom(seed ?? 1, async () => await layers.loadLayersModel(tf.io.fromMemory(source as unknown as Parameters<typeof tf.io.fromMemory>[0])))
+    : await layers.loadLayersModel(tf.io.fromMemory(source as unknown as Parameters<typeof tf.io.fromMemory>[0]))
   if (model.inputs.length !== 1 || model.outputs.length !== 1) {
     model.dispose()
     throw new InvalidInputError(`${NAME}: the model has ${model.inputs.length} inputs and ${model.outputs.length} outputs; one of each is supported`, 'ERR_UNSUPPORTED_MODEL')
