@@ -11,6 +11,7 @@ import { decodeNpy, writeNpyFile } from '../../src/compute/npy.ts'
 import { submitCommand } from '../../src/node/cli/jobs.ts'
 import { MeshClient } from '../../src/node/client/index.ts'
 import { TEST_TOKEN, startMesh, stopAll } from '../helpers/mesh.ts'
+import { submitJson } from '../helpers/submit.ts'
 import { maxAbsDiff, python, tempDir } from '../helpers/numpy.ts'
 import type { MeshNode } from '../../src/node/mesh-node.ts'
 import type { TF } from '../../src/compute/operators/types.ts'
@@ -43,17 +44,7 @@ describe('images over the mesh', () => {
     await stopAll(nodes)
   })
 
-  async function submit (file: string, out: string): Promise<{ code: number, line: Record<string, unknown> }> {
-    const lines: string[] = []
-    const write = process.stdout.write.bind(process.stdout)
-    process.stdout.write = ((chunk: string) => { lines.push(String(chunk)); return true }) as typeof process.stdout.write
-    try {
-      const code = await submitCommand({ api: nodes[0]?.apiUrl ?? '', token: TEST_TOKEN, file, out, json: true })
-      return { code, line: JSON.parse(lines.join('').trim().split('\n').at(-1) ?? '{}') as Record<string, unknown> }
-    } finally {
-      process.stdout.write = write
-    }
-  }
+  const submit = async (file: string, out: string): Promise<{ code: number, line: Record<string, unknown> }> => await submitJson(nodes[0]?.apiUrl ?? '', file, out)
 
   const photos = async (): Promise<Array<{ name: string, bytes: Uint8Array }>> => await Promise.all(EXAMPLE_PHOTOS.map(async n => ({ name: n, bytes: new Uint8Array(await readFile(join(work, 'images', `${n}.jpg`))) })))
 

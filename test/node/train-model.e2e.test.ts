@@ -7,9 +7,9 @@ import { loadBackend } from '../../src/compute/backend.ts'
 import { readModelDir } from '../../src/compute/model.ts'
 import { writeNpyFile } from '../../src/compute/npy.ts'
 import { hostTensor } from '../../src/compute/tensor.ts'
-import { submitCommand } from '../../src/node/cli/jobs.ts'
 import { MeshClient } from '../../src/node/client/index.ts'
 import { TEST_TOKEN, startMesh, stopAll } from '../helpers/mesh.ts'
+import { submitJson } from '../helpers/submit.ts'
 import { artifactsOf, loadLayers } from '../compute/layers.ts'
 import type { HostTensor } from '../../src/compute/tensor.ts'
 import type { MeshNode } from '../../src/node/mesh-node.ts'
@@ -98,17 +98,7 @@ describe('train a layers-model over the mesh', () => {
     return files
   }
 
-  async function submit (file: string, out: string): Promise<{ code: number, line: Record<string, unknown> }> {
-    const lines: string[] = []
-    const write = process.stdout.write.bind(process.stdout)
-    process.stdout.write = ((chunk: string) => { lines.push(String(chunk)); return true }) as typeof process.stdout.write
-    try {
-      const code = await submitCommand({ api: nodes[0]?.apiUrl ?? '', token: TEST_TOKEN, file, out, json: true })
-      return { code, line: JSON.parse(lines.join('').trim().split('\n').at(-1) ?? '{}') as Record<string, unknown> }
-    } finally {
-      process.stdout.write = write
-    }
-  }
+  const submit = async (file: string, out: string): Promise<{ code: number, line: Record<string, unknown> }> => await submitJson(nodes[0]?.apiUrl ?? '', file, out)
 
   /** Right predictions of the saved model on the held-out rows, in this process. */
   async function heldOutRight (dir: string, test: { x: HostTensor, y: HostTensor }, binary: boolean): Promise<number> {

@@ -512,14 +512,16 @@ export function initModelBytes (out: Tensors): { model: Uint8Array, trainable: b
   return { model: new Uint8Array(words.data.buffer, words.data.byteOffset, length).slice(), trainable: Array.from(mask.data, v => v === 1) }
 }
 
-async function runGrad (tf: TF, c: ReturnType<typeof checkTask>, specs: WeightSpec[]): Promise<Float32Array> {
+/** What grad and local start from: the gradients registered, the checked data, the loaded model. */
+async function training (tf: TF, c: ReturnType<typeof checkTask>, specs: WeightSpec[]): Promise<{ p: ModelTrainParams, info: ModelInfo, x: HostTensor, y: HostTensor, w: Float32Array, m: Loaded }> {
   await registerGradients()
-  const { p, info } = c
-  const x = c.x as HostTensor
-  const y = c.y as HostTensor
   const w = (c.w as HostTensor).data as Float32Array
+  return { p: c.p, info: c.info, x: c.x as HostTensor, y: c.y as HostTensor, w, m: await loadModel(tf, c.bytes, specs) }
+}
+
+async function runGrad (tf: TF, c: ReturnType<typeof checkTask>, specs: WeightSpec[]): Promise<Float32Array> {
+  const { p, info, x, y, w, m } = await training(tf, c, specs)
   const P = w.length
-  const m = await loadModel(tf, c.bytes, specs)
   setWeights(tf, m, w)
   const order = epochOrder(x.shape[0] as number, p.seed ?? 0, p.epoch ?? 0)
   const from = (p.offset ?? 0) + (p.start ?? 0)
@@ -554,14 +556,9 @@ async function runGrad (tf: TF, c: ReturnType<typeof checkTask>, specs: WeightSp
 }
 
 async function runLocal (tf: TF, c: ReturnType<typeof checkTask>, specs: WeightSpec[]): Promise<Float32Array> {
-  await registerGradients()
-  const { p, info } = c
-  const x = c.x as HostTensor
-  const y = c.y as HostTensor
-  const w = (c.w as HostTensor).data as Float32Array
+  const { p, info, x, y, w, m } = await training(tf, c, specs)
   const P = w.length
   const n = x.shape[0] as number
-  const m = await loadModel(tf, c.bytes, specs)
   const out = new Float64Array(P + 2)
   const steps = p.steps ?? 1
   const B = p.batchSize ?? 1

@@ -36,6 +36,7 @@ import { directConnection } from '../connections.ts'
 import { readTensorBytes, writeTensorBytes } from '../tensor-frames.ts'
 import { OPEN_GUARD, isMalformed } from '../peer-guard.ts'
 import type { PeerGuard } from '../peer-guard.ts'
+import { ContentRefCodec } from '../shard/index.ts'
 import type { ContentRef, RefResolver } from '../shard/index.ts'
 import type { Params, ShardTask, Tensors } from '../../compute/operators/types.ts'
 import type { WireLimits } from '../limits.ts'
@@ -112,11 +113,6 @@ export interface AnswerHeader {
   computeMs: number
 }
 
-const RefCodec = messageCodec<ContentRef>('AllReduceRef', {
-  name: { no: 1, kind: 'string', maxBytes: 64 },
-  cid: { no: 2, kind: 'string', maxBytes: 128 }
-}, 512)
-
 const StartCodec = messageCodec<StartHeader>('AllReduceStart', {
   round: { no: 1, kind: 'string', maxBytes: MAX_ROUND_ID },
   index: { no: 2, kind: 'uint32' },
@@ -127,8 +123,8 @@ const StartCodec = messageCodec<StartHeader>('AllReduceStart', {
   params: { no: 7, kind: 'string', maxBytes: MAX_PARAMS_BYTES },
   start: { no: 8, kind: 'uint64' },
   end: { no: 9, kind: 'uint64' },
-  refs: { no: 10, kind: 'message', codec: RefCodec, repeated: true, maxCount: MAX_TENSORS_PER_FRAME },
-  blobs: { no: 11, kind: 'message', codec: RefCodec, repeated: true, maxCount: MAX_TENSORS_PER_FRAME }
+  refs: { no: 10, kind: 'message', codec: ContentRefCodec, repeated: true, maxCount: MAX_TENSORS_PER_FRAME },
+  blobs: { no: 11, kind: 'message', codec: ContentRefCodec, repeated: true, maxCount: MAX_TENSORS_PER_FRAME }
 }, MAX_HEADER_BYTES)
 
 const PartCodec = messageCodec<PartHeader>('AllReducePart', {

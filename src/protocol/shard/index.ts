@@ -89,7 +89,7 @@ const ResultHeaderCodec = messageCodec<ResultHeader>('ResultHeader', {
   bulk: { no: 6, kind: 'message', codec: BulkTicketCodec }
 }, MAX_HEADER_BYTES)
 
-export { ShardHeaderCodec, ResultHeaderCodec }
+export { ShardHeaderCodec, ResultHeaderCodec, ContentRefCodec }
 
 /** The peer answered that the shard failed there (its code is kept in `remoteCode`). */
 export class RemoteShardError extends TensormeshError {
