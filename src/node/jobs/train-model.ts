@@ -315,6 +315,8 @@ export async function runModelTraining (c: ModelTrainComponents, job: Job, param
   const metrics = job.metrics ?? { rounds: [] }
   job.metrics = metrics
   job.setState('running')
+  // Butterfly rounds serve x, y and the model by CID themselves (outside Coordinator.run), for the whole job.
+  const shares = c.coordinator.shares()
   try {
     // The canonical model: initialisers seeded (or the given weights), float32, in the flat vector's order.
     const built = initModelBytes((await c.pool.run(initTask(blob, params.loss, params.seed), { transfer: false })).partial)
@@ -338,10 +340,7 @@ export async function runModelTraining (c: ModelTrainComponents, job: Job, param
     metrics.progress = { done: startEpoch * roundsPerEpoch, total: totalRounds, unit: step ? 'steps' : 'rounds' }
     metrics.wireBytes ??= 0
     const apply = stepOptimizer(params.optimizer, w, m, v, mask)
-    // Butterfly rounds serve x, y and the model by CID themselves (outside Coordinator.run), for the whole job.
-    const shares = c.coordinator.shares()
     const excluded = new Set<string>()
-    job.controller.signal.addEventListener('abort', () => { shares.release() }, { once: true })
     for (let epoch = startEpoch; epoch < params.epochs; epoch++) {
       const t0 = performance.now()
       let lossSum = 0
@@ -404,12 +403,14 @@ export async function runModelTraining (c: ModelTrainComponents, job: Job, param
       await onEpoch?.({ round: epoch + 1, w, m, v })
       job.progressed()
     }
-    shares.release()
     const trained = packModel({ ...viewPackedModel(model), weightData: w.slice().buffer })
     job.model = { cid: await c.blobs.put(trained, jobOwner(job.id)), bytes: trained.byteLength }
     job.finish('succeeded', hostTensor('float32', [P], w.slice()))
   } catch (err) {
     if (!job.finished) job.finish('failed', undefined, { code: (err as { code?: string }).code ?? 'ERR_TRAIN_FAILED', message: errorMessage(err) })
+  } finally {
+    // Succeeded, failed or cancelled: its content is no longer served to the members.
+    shares.release()
   }
 }
 
