@@ -90,6 +90,12 @@ describe('butterfly averaging', () => {
     expect(wb.length).toBe(106)
     expect(maxRelativeError(wb, ws, 1e-3)).toBeLessThan(TOL)
     expect(butterfly.metrics?.rounds.at(-1)?.peers).toBe(3)
+    // The last round's record: one shard per member, each member's replica, the coordinator's own without a link.
+    expect(butterfly.shards.map(s => [s.start, s.end, s.state])).toEqual([[0, 1, 'done'], [1, 2, 'done'], [2, 3, 'done']])
+    expect(new Set(butterfly.shards.map(s => s.peer))).toEqual(new Set(nodes.map(n => n.peerId.toString())))
+    expect(butterfly.shards.filter(s => s.via === 'direct')).toHaveLength(2)
+    for (const s of butterfly.shards) expect(s.computeMs).toBeGreaterThanOrEqual(0)
+    expect(butterfly.shards.reduce((n, s) => n + s.bytesIn, 0)).toBe(Math.round(108 * 4 * 2 / 3))
     // The coordinator moved w's parts out and the reduced parts in: (k - 1)/k of one vector each way, plus headers.
     const perRound = (butterfly.metrics?.wireBytes ?? 0) / 4
     const vector = (106 + 108) * 4

@@ -456,6 +456,17 @@ async function butterflyRound (c: ModelTrainComponents, job: Job, sub: Job, shar
         vLength: plan.output.shape[0] as number
       }, job.controller.signal)
       bytes += out.bytesOut + out.bytesIn
+      // The round's record, one shard per member, as a star round's would be: the timeline and the job view show it.
+      job.shards = members.map((m, index) => {
+        const o = out.members.get(m.peer)
+        const remote = m.peer !== c.coordinator.selfId
+        return {
+          index, start: m.start, end: m.end, state: 'done' as const, peer: m.peer, attempts: 1,
+          ms: o?.ms, computeMs: o?.computeMs, bytesIn: o?.bytesIn ?? 0, bytesOut: o?.bytesOut ?? 0,
+          ...(remote ? { via: o?.relayed === true ? 'relay' as const : 'direct' as const } : {}),
+          history: [{ peer: m.peer, startedAt: o?.startedAt ?? Date.now(), ms: o?.ms, computeMs: o?.computeMs, kind: 'first' as const }]
+        }
+      })
       return { sum: out.sum, members: members.map(m => m.peer), bytes }
     } catch (err) {
       if (job.finished) break

@@ -33,6 +33,7 @@ import { messageCodec } from '../codec.ts'
 import { CHUNK_BYTES, DEFAULT_WIRE_LIMITS, MAX_HEADER_BYTES, MAX_PARAMS_BYTES, MAX_TENSORS_PER_FRAME } from '../limits.ts'
 import { peerText } from '../sanitize.ts'
 import { directConnection } from '../connections.ts'
+import { isRelayed } from '../bulk/index.ts'
 import { readTensorBytes, writeTensorBytes } from '../tensor-frames.ts'
 import { OPEN_GUARD, isMalformed } from '../peer-guard.ts'
 import type { PeerGuard } from '../peer-guard.ts'
@@ -229,13 +230,28 @@ export interface RoundSpec {
   vLength: number
 }
 
+/** One member's part of a round as the coordinator saw it. */
+export interface MemberOutcome {
+  /** From START sent to its answer read, on the coordinator's clock (Date.now()). */
+  startedAt: number
+  ms: number
+  /** Its task's time in its executor. */
+  computeMs: number
+  /** Bytes between the coordinator and it (none for a member on this node). */
+  bytesOut: number
+  bytesIn: number
+  /** Its START went through a circuit relay. */
+  relayed: boolean
+}
+
 export interface RoundOutcome {
   /** The sum of every member's v. */
   sum: Float32Array
   /** What the coordinator moved: its START frames and w parts out, the answers in (a member on this node moves nothing). */
   bytesOut: number
   bytesIn: number
-  computeMs: Map<string, number>
+  /** Per member, by peer id. */
+  members: Map<string, MemberOutcome>
 }
 
 /**
@@ -498,28 +514,21 @@ export class AllReduce {
     const onAbort = (): void => { ctl.abort(signal.reason) }
     signal.addEventListener('abort', onAbort, { once: true })
     const sum = new Float32Array(spec.vLength)
-    let bytesOut = 0
-    let bytesIn = 0
-    const computeMs = new Map<string, number>()
+    const outcomes = new Map<string, MemberOutcome>()
     const task = spec.task
     try {
       await Promise.all(members.map(async (m, i) => {
         const [ws, we] = wParts[i] as [number, number]
         const header: StartHeader = { round: spec.round, index: i, group, wLength: spec.w.length, vLength: spec.vLength, op: task.op, params: JSON.stringify(task.params), start: m.start, end: m.end, refs: spec.refs, blobs: spec.blobs }
         const wPart = spec.w.subarray(ws, we)
+        const startedAt = Date.now()
+        const t0 = performance.now()
         try {
-          let reduced: Float32Array
-          if (m.peer === this.self) {
-            const out = await this.member(header, wPart, this.c.libp2p.peerId, ctl.signal, spec.local)
-            reduced = out.reduced
-            computeMs.set(m.peer, out.computeMs)
-          } else {
-            const out = await this.startRemote(m.peer, header, wPart, ctl.signal)
-            bytesOut += out.bytesOut
-            bytesIn += out.bytesIn
-            reduced = out.reduced
-            computeMs.set(m.peer, out.computeMs)
-          }
+          const out = m.peer === this.self
+            ? { ...await this.member(header, wPart, this.c.libp2p.peerId, ctl.signal, spec.local), bytesOut: 0, bytesIn: 0, relayed: false }
+            : await this.startRemote(m.peer, header, wPart, ctl.signal)
+          const reduced = out.reduced
+          outcomes.set(m.peer, { startedAt, ms: Math.round(performance.now() - t0), computeMs: Math.round(out.computeMs), bytesOut: out.bytesOut, bytesIn: out.bytesIn, relayed: out.relayed })
           const [vs, ve] = vParts[i] as [number, number]
           if (reduced.length !== ve - vs) throw new ProtocolError(`allreduce: member ${m.peer} answered ${reduced.length} values for a part of ${ve - vs}`, 'ERR_BAD_PARTIAL')
           sum.set(reduced, vs)
@@ -532,10 +541,16 @@ export class AllReduce {
     } finally {
       signal.removeEventListener('abort', onAbort)
     }
-    return { sum, bytesOut, bytesIn, computeMs }
+    let bytesOut = 0
+    let bytesIn = 0
+    for (const o of outcomes.values()) {
+      bytesOut += o.bytesOut
+      bytesIn += o.bytesIn
+    }
+    return { sum, bytesOut, bytesIn, members: outcomes }
   }
 
-  private async startRemote (peer: string, header: StartHeader, wPart: Float32Array, signal: AbortSignal): Promise<{ reduced: Float32Array, computeMs: number, bytesOut: number, bytesIn: number }> {
+  private async startRemote (peer: string, header: StartHeader, wPart: Float32Array, signal: AbortSignal): Promise<{ reduced: Float32Array, computeMs: number, bytesOut: number, bytesIn: number, relayed: boolean }> {
     const connection = await directConnection(this.c.libp2p, peerIdFromString(peer), signal)
     const stream = await connection.newStream(ALLREDUCE_PROTOCOL, { signal, runOnLimitedConnection: true })
     const onAbort = (): void => { stream.abort(new TensormeshError('ERR_ABORTED', 'round cancelled')) }
@@ -551,7 +566,7 @@ export class AllReduce {
       const [vs, ve] = partition(header.vLength, header.group.length)[header.index] as [number, number]
       const { tensors, bytes } = await readTensorBytes(lp, [{ name: 'v', dtype: 'float32', shape: [ve - vs] }], this.limits, 'allreduce answer')
       await stream.close({ signal }).catch(() => {})
-      return { reduced: tensors.v?.data as Float32Array, computeMs: answer.computeMs, bytesOut: head.byteLength + sent, bytesIn: bytes }
+      return { reduced: tensors.v?.data as Float32Array, computeMs: answer.computeMs, bytesOut: head.byteLength + sent, bytesIn: bytes, relayed: connection.limits !== undefined || isRelayed(connection.remoteAddr) }
     } catch (err) {
       stream.abort(err instanceof Error ? err : new Error(String(err)))
       throw err
