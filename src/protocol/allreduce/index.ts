@@ -296,12 +296,14 @@ export class AllReduce {
     return this.rounds.size
   }
 
-  private state (id: string, create: boolean): RoundState | undefined {
+  /** The round's state, made on first sight: by its START (at most MAX_ACTIVE_ROUNDS started) or by an early part (at most MAX_EARLY_ROUNDS waiting). */
+  private state (id: string, by: 'start' | 'part'): RoundState {
     let r = this.rounds.get(id)
-    if (r === undefined && create) {
+    if (r === undefined) {
       const pending = [...this.rounds.values()].filter(s => !s.started).length
       const started = this.rounds.size - pending
-      if (pending >= MAX_EARLY_ROUNDS || started >= MAX_ACTIVE_ROUNDS + MAX_EARLY_ROUNDS) throw new LimitExceededError(`allreduce: already holding ${this.rounds.size} rounds`)
+      if (by === 'part' && pending >= MAX_EARLY_ROUNDS) throw new LimitExceededError(`allreduce: already holding early parts of ${pending} rounds`)
+      if (by === 'start' && started >= MAX_ACTIVE_ROUNDS) throw new LimitExceededError(`allreduce: already in ${started} rounds`)
       r = new RoundState(id)
       const state = r
       // Dropped when nothing completes it in time: a START that never comes, or a round that stalls.
@@ -357,10 +359,12 @@ export class AllReduce {
       stream.abort(new TensormeshError('ERR_ROUND_DONE', `round ${part.round} is over`))
       return
     }
-    const r = this.state(part.round, true) as RoundState
+    const r = this.state(part.round, 'part')
     const declared = await readLength(lp, this.limits)
     const length = r.header !== undefined ? partLength(r.header, part) : undefined
     if (length !== undefined && declared !== length) throw new ProtocolError(`allreduce: round ${r.id}: part of ${declared} values, ${length} expected`, 'ERR_BAD_PART')
+    // An early part is held against the bound before a byte of it is allocated.
+    if (r.header === undefined && this.earlyBytes + declared * 4 > MAX_EARLY_BYTES) throw new LimitExceededError('allreduce: too many bytes of parts wait for their round')
     const { tensors } = await readTensorBytes(lp, [{ name: 'part', dtype: 'float32', shape: [declared] }], this.limits, 'allreduce part')
     const data = tensors.part?.data as Float32Array
     await stream.close({ signal: AbortSignal.timeout(this.limits.frameTimeoutMs) }).catch(() => {})
@@ -422,7 +426,7 @@ export class AllReduce {
    */
   async member (h: StartHeader, wPart: Float32Array, coordinator: PeerId, signal: AbortSignal, local?: RoundSpec['local']): Promise<{ reduced: Float32Array, computeMs: number }> {
     if (this.stopped) throw new TensormeshError('ERR_SHUTTING_DOWN', 'the node is stopping')
-    const r = this.state(h.round, true) as RoundState
+    const r = this.state(h.round, 'start')
     if (r.started) throw new ProtocolError(`allreduce: round ${h.round} started twice`, 'ERR_BAD_MESSAGE')
     r.started = true
     r.header = h
