@@ -68,11 +68,34 @@ describe('train a layers-model over the mesh', () => {
   let work: string
   let tf: TF
   let layers: Layers
+  const quadTest = quadrants(128, 2)
+  const sentTest = sentiment(128, 4)
+  let quadFiles: Record<string, string>
+  let sentFiles: Record<string, string>
 
+  // Every test's models and data, written once: each test stands on its own.
   beforeAll(async () => {
     work = mkdtempSync(join(tmpdir(), 'tm-train-model-'))
     tf = (await loadBackend('wasm')).tf
     layers = await loadLayers()
+    const L = layers.layers
+    await writeModel('cnn', layers.sequential({
+      layers: [
+        L.conv2d({ inputShape: [8, 8, 1], filters: 4, kernelSize: 3, padding: 'same', activation: 'relu' }),
+        L.maxPooling2d({ poolSize: 2 }),
+        L.flatten(),
+        L.dense({ units: 4, activation: 'softmax' })
+      ]
+    }))
+    await writeModel('emb', layers.sequential({
+      layers: [
+        L.embedding({ inputDim: 30, outputDim: 8, inputLength: 10 }),
+        L.globalAveragePooling1d(),
+        L.dense({ units: 1, activation: 'sigmoid' })
+      ]
+    }))
+    quadFiles = await writeData('quad', quadrants(384, 1), quadTest)
+    sentFiles = await writeData('sent', sentiment(600, 3), sentTest)
     nodes = await startMesh(3, () => ({ workers: 1 }))
   })
 
@@ -120,20 +143,10 @@ describe('train a layers-model over the mesh', () => {
   interface Metrics { rounds: Array<{ round: number, loss: number, accuracy: number, testLoss: number, peers: number }>, progress: { done: number, total: number, unit: string }, wireBytes: number }
 
   it('a CNN in step mode: loss falls, steps spread over the peers, the saved model scores as the last epoch did', async () => {
-    const L = layers.layers
-    await writeModel('cnn', layers.sequential({
-      layers: [
-        L.conv2d({ inputShape: [8, 8, 1], filters: 4, kernelSize: 3, padding: 'same', activation: 'relu' }),
-        L.maxPooling2d({ poolSize: 2 }),
-        L.flatten(),
-        L.dense({ units: 4, activation: 'softmax' })
-      ]
-    }))
-    const test = quadrants(128, 2)
-    const inputs = await writeData('quad', quadrants(384, 1), test)
+    const test = quadTest
     writeFileSync(join(work, 'cnn.json'), JSON.stringify({
       op: 'train',
-      inputs,
+      inputs: quadFiles,
       params: { model: 'cnn/model.json', loss: 'sparseCategoricalCrossentropy', optimizer: { name: 'adam', learningRate: 0.02 }, batchSize: 32, epochs: 3, seed: 1, sync: { mode: 'step' } }
     }))
     const out = join(work, 'cnn-out')
@@ -153,19 +166,10 @@ describe('train a layers-model over the mesh', () => {
   })
 
   it('an Embedding model in local mode (DiLoCo): loss falls, rounds spread over the peers, the saved model scores as reported', async () => {
-    const L = layers.layers
-    await writeModel('emb', layers.sequential({
-      layers: [
-        L.embedding({ inputDim: 30, outputDim: 8, inputLength: 10 }),
-        L.globalAveragePooling1d(),
-        L.dense({ units: 1, activation: 'sigmoid' })
-      ]
-    }))
-    const test = sentiment(128, 4)
-    const inputs = await writeData('sent', sentiment(600, 3), test)
+    const test = sentTest
     writeFileSync(join(work, 'emb.json'), JSON.stringify({
       op: 'train',
-      inputs,
+      inputs: sentFiles,
       params: { model: 'emb/model.json', loss: 'binaryCrossentropy', optimizer: { name: 'adam', learningRate: 0.02 }, batchSize: 20, epochs: 4, seed: 2, sync: { mode: 'local', steps: 5, replicas: 3, outerLearningRate: 0.7, outerMomentum: 0.9 } }
     }))
     const out = join(work, 'emb-out')
