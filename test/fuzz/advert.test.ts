@@ -50,7 +50,9 @@ const anyAdvert = (peerId: () => Uint8Array): fc.Arbitrary<Advert> => fc.record(
   queued: uint32,
   operators: fc.array(fc.oneof(name, utf8String(MAX_NAME_BYTES)), { maxLength: MAX_ADVERT_OPERATORS }),
   addrs: fc.array(fc.oneof(addrText.map(a => multiaddr(a).bytes), fc.uint8Array({ maxLength: MAX_ADDR_BYTES })), { maxLength: MAX_ADVERT_ADDRS }),
-  bulkPort: uint32
+  bulkPort: uint32,
+  meanGapMs: fc.integer({ min: 0, max: 2 ** 40 }),
+  intervalMs: uint32
 })
 
 /** An advert that follows every rule, from `author`, against our clock at NOW. */
@@ -67,7 +69,8 @@ const validAdvert = (): fc.Arbitrary<{ advert: Advert, addrs: string[] }> => fc.
   queued: uint32,
   operators: fc.array(name, { maxLength: 12 }),
   addrs: fc.array(addrText, { maxLength: 4 }),
-  bulkPort: fc.integer({ min: 0, max: 65535 })
+  bulkPort: fc.integer({ min: 0, max: 65535 }),
+  gap: fc.integer({ min: 0, max: 7 * 24 * 3600_000 }).chain(g => fc.tuple(fc.constant(g), fc.integer({ min: 0, max: g === 0 ? 600_000 : Math.min(g, 600_000) })))
 }).map(v => ({
   advert: {
     version: ADVERT_VERSION,
@@ -86,7 +89,9 @@ const validAdvert = (): fc.Arbitrary<{ advert: Advert, addrs: string[] }> => fc.
     queued: v.queued,
     operators: v.operators,
     addrs: v.addrs.map(a => multiaddr(a).bytes),
-    bulkPort: v.bulkPort
+    bulkPort: v.bulkPort,
+    meanGapMs: v.gap[0],
+    intervalMs: v.gap[1]
   },
   addrs: v.addrs.map(a => multiaddr(a).toString())
 })).filter(v => AdvertCodec.encode(v.advert).byteLength <= MAX_ADVERT_BYTES)

@@ -3,7 +3,7 @@ import { PeerDirectory } from '../../src/node/peer-directory.ts'
 import type { PeerCapacity } from '../../src/protocol/capacity/index.ts'
 
 function capacity (peerId: string, seq: number): PeerCapacity {
-  return { peerId, version: 1, seq, timestampMs: Date.now(), backend: 'wasm', cores: 2, memTotalBytes: 1, memFreeBytes: 1, gflops: 10, slots: 2, busy: 0, queued: 0, operators: ['matmul'], addrs: [], bulkPort: 0 }
+  return { peerId, version: 1, seq, timestampMs: Date.now(), backend: 'wasm', cores: 2, memTotalBytes: 1, memFreeBytes: 1, gflops: 10, slots: 2, busy: 0, queued: 0, operators: ['matmul'], addrs: [], bulkPort: 0, meanGapMs: 0, intervalMs: 0 }
 }
 
 describe('peer directory', () => {

@@ -33,6 +33,8 @@ function advert (overrides: Partial<Advert> = {}): Advert {
     operators: ['matmul', 'map', 'reduce'],
     addrs: [multiaddr('/ip4/127.0.0.1/tcp/40001').bytes],
     bulkPort: 40002,
+    meanGapMs: 0,
+    intervalMs: 2000,
     ...overrides
   }
 }

@@ -18,6 +18,8 @@ export const MAX_GPU_NAME_BYTES = 128
 export const MAX_SLOTS = 1024
 /** More than the fastest GPU's fp32 rate (~100 TFLOPS) by a factor of ten. */
 export const MAX_GFLOPS = 1e6
+/** A week: a mean gap that long is a mesh of 600k nodes at the sampled rate; more is a broken author. */
+export const MAX_MEAN_GAP_MS = 7 * 24 * 3600_000
 
 /** What a node says about itself every advert interval. */
 export interface Advert {
@@ -43,6 +45,15 @@ export interface Advert {
   addrs: Uint8Array[]
   /** The author's bulk channel TCP port, 0 for none: peers that dialed it push large tensors there. */
   bulkPort: number
+  /**
+   * Mean time between this author's adverts (its interval over its publish
+   * probability, sampling.ts): how long its entry stays fresh, and what it
+   * counts for in a mesh-size estimate. 0 from nodes before sampling: one
+   * interval.
+   */
+  meanGapMs: number
+  /** The author's advert interval (its tick); with meanGapMs, its publish probability. 0 from older nodes. */
+  intervalMs: number
 }
 
 export const AdvertCodec = messageCodec<Advert>('Advert', {
@@ -62,5 +73,7 @@ export const AdvertCodec = messageCodec<Advert>('Advert', {
   queued: { no: 14, kind: 'uint32' },
   operators: { no: 15, kind: 'string', maxBytes: MAX_NAME_BYTES, repeated: true, maxCount: MAX_ADVERT_OPERATORS },
   addrs: { no: 16, kind: 'bytes', maxBytes: MAX_ADDR_BYTES, repeated: true, maxCount: MAX_ADVERT_ADDRS },
-  bulkPort: { no: 17, kind: 'uint32' }
+  bulkPort: { no: 17, kind: 'uint32' },
+  meanGapMs: { no: 18, kind: 'uint64' },
+  intervalMs: { no: 19, kind: 'uint32' }
 }, MAX_ADVERT_BYTES)

@@ -4,6 +4,8 @@ import { ADVERT_VERSION, AdvertCodec } from './advert.ts'
 import { validateAdvert } from './validate.ts'
 import { OPEN_GUARD } from '../peer-guard.ts'
 import { CAPACITY_TOPIC } from './topic.ts'
+import { MeshSizeEstimator, SAMPLE_WINDOW_MS, impliedEstimate, meanGapMs, publishProbability, regimeFor } from './sampling.ts'
+import type { AdvertRegime } from './sampling.ts'
 import type { PeerGuard } from '../peer-guard.ts'
 import type { RejectReason } from './validate.ts'
 import type { PeerDirectory } from '../../node/peer-directory.ts'
@@ -18,6 +20,8 @@ export { validateAdvert, MAX_CLOCK_SKEW_MS } from './validate.ts'
 export { CAPACITY_TOPIC } from './topic.ts'
 export { capacityScoreParams, capacityTopicScoreParams, capacityScoreThresholds, SubnetSet, COLOCATION_WHITELIST, INVALID_ADVERT_WEIGHT, INVALID_ADVERT_HALF_LIFE_MS, GOSSIP_THRESHOLD, PUBLISH_THRESHOLD, GRAYLIST_THRESHOLD, CAPACITY_TOPIC_SCORE_CAP } from './score.ts'
 export type { PeerCapacity, RejectReason, AdvertVerdict } from './validate.ts'
+export { FULL_DIRECTORY_MAX, SAMPLED_ENTER, SAMPLED_ADVERTS_PER_SEC, SAMPLE_WINDOW_MS, MeshSizeEstimator, entryExpiryMs, impliedEstimate, meanGapMs, publishProbability, publishesEveryTick, regimeFor } from './sampling.ts'
+export type { AdvertRegime, AuthorRate } from './sampling.ts'
 
 /**
  * Rejected adverts that are the sender's fault and count as strikes against
@@ -69,6 +73,8 @@ export interface CapacityServiceComponents {
 export interface CapacityServiceInit {
   intervalMs?: number
   local: () => LocalCapacity
+  /** Draws for the sampled regime's publish decisions (tests fix them). */
+  random?: () => number
 }
 
 export interface AdvertCounters {
@@ -76,6 +82,16 @@ export interface AdvertCounters {
   accepted: number
   rejected: Record<RejectReason, number>
   lastAdvertBytes: number
+  /** Ticks at which the sampled regime did not pick this node to publish. */
+  skipped: number
+  /** Adverts taken straight from a connected peer (the hello protocol). */
+  direct: number
+  /** 'full' (everyone hears everyone every interval) or 'sampled' (sampling.ts). */
+  regime: AdvertRegime
+  /** This node's estimate of the mesh's size, itself included. */
+  meshEstimate: number
+  /** The chance that this node publishes at a tick. */
+  publishProbability: number
 }
 
 /**
@@ -88,7 +104,12 @@ export class CapacityService implements Startable {
     published: 0,
     accepted: 0,
     rejected: { oversized: 0, garbage: 0, spoofed: 0, version: 0, invalid: 0, clock: 0, replayed: 0 },
-    lastAdvertBytes: 0
+    lastAdvertBytes: 0,
+    skipped: 0,
+    direct: 0,
+    regime: 'full',
+    meshEstimate: 1,
+    publishProbability: 1
   }
 
   private readonly components: CapacityServiceComponents
@@ -99,11 +120,18 @@ export class CapacityService implements Startable {
   private changeTimer?: NodeJS.Timeout
   private lastPublishAt = 0
   private running = false
+  private readonly random: () => number
+  private estimator = new MeshSizeEstimator(SAMPLE_WINDOW_MS, performance.now())
+  /** What the peers we met directly said the mesh's size is (their mean gaps); the estimate's floor while its window fills. */
+  private readonly priors = new Map<string, number>()
+  /** Set once this node has either met a peer directly or ticked once: until then it does not know its regime. */
+  private settled = false
 
   constructor (components: CapacityServiceComponents, init: CapacityServiceInit) {
     this.components = components
     this.intervalMs = init.intervalMs ?? DEFAULT_ADVERT_INTERVAL_MS
     this.local = init.local
+    this.random = init.random ?? Math.random
   }
 
   get expiryMs (): number {
@@ -116,15 +144,68 @@ export class CapacityService implements Startable {
     pubsub.subscribe(CAPACITY_TOPIC)
     pubsub.addEventListener('subscription-change', this.onSubscription)
     this.running = true
-    this.timer = setInterval(() => { this.publish() }, this.intervalMs)
-    this.publish()
+    this.estimator = new MeshSizeEstimator(SAMPLE_WINDOW_MS, performance.now())
+    this.timer = setInterval(() => { this.tick() }, this.intervalMs)
+    // No advert at start: nobody is subscribed yet to hear it, and a newcomer to a
+    // large mesh must not broadcast before it knows the regime. The peers it connects
+    // to learn it by hello, the rest from the first tick that picks it.
+  }
+
+  /** The mesh's size as this node sees it, itself included. */
+  meshEstimate (): number {
+    const now = performance.now()
+    const priors = [...this.priors.values()].sort((a, b) => a - b)
+    const prior = priors.length > 0 ? priors[Math.floor(priors.length / 2)] ?? 0 : 0
+    const heard = this.estimator.estimate(now, prior)
+    return this.counters.regime === 'full' ? Math.max(heard, this.components.directory.size + 1) : heard
+  }
+
+  /** The regime and publish probability for the next tick, from the current estimate. */
+  private assess (): number {
+    const estimate = this.meshEstimate()
+    this.counters.meshEstimate = Math.round(estimate)
+    this.counters.regime = regimeFor(estimate, this.counters.regime)
+    this.counters.publishProbability = publishProbability(this.counters.regime, estimate, this.intervalMs)
+    return this.counters.publishProbability
+  }
+
+  private tick (): void {
+    this.settled = true
+    const p = this.assess()
+    if (p >= 1 || this.random() < p) this.publish()
+    else this.counters.skipped++
   }
 
   /**
-   * A peer that just subscribed to the topic has seen none of our adverts:
-   * the one published at start reached nobody, and the next is up to an
-   * interval away. Advertise now (coalesced like any change), so a newcomer
-   * and the mesh know each other within a round trip of its subscription.
+   * An advert a connected peer handed us itself (the hello protocol): the
+   * connection proves its author, so it passes the same checks as a gossiped
+   * one with the connection's peer as signer.
+   */
+  admitDirect (from: PeerId, bytes: Uint8Array): TopicValidatorResult {
+    if ((this.components.guard ?? OPEN_GUARD).isBanned(from.toString())) return TopicValidatorResult.Ignore
+    const verdict = validateAdvert(bytes, { from, now: Date.now(), lastSeq: this.components.directory.lastSeq(from.toString()) })
+    if (!verdict.ok) {
+      if (verdict.reason === 'replayed') return TopicValidatorResult.Ignore
+      return this.rejected(verdict.reason, from, verdict.message)
+    }
+    this.counters.direct++
+    const prior = impliedEstimate(verdict.capacity)
+    this.priors.set(verdict.capacity.peerId, prior)
+    if (this.priors.size > 64) this.priors.delete(this.priors.keys().next().value as string)
+    this.settled = true
+    this.components.directory.upsert(verdict.capacity)
+    // In the full regime a new neighbour means the rest of the mesh should hear of us now
+    // (the newcomer's advert reaches everyone through it); the sampled regime waits for its tick.
+    this.changed()
+    return TopicValidatorResult.Accept
+  }
+
+  /**
+   * A peer that just subscribed to the topic has seen none of our adverts,
+   * and the next is up to an interval away. In the full regime, advertise now
+   * (coalesced like any change), so a newcomer and the mesh know each other
+   * within a round trip of its subscription. The sampled regime does not: a
+   * join would then cost a broadcast per connection, and hello covers it.
    */
   private readonly onSubscription = (evt: CustomEvent<{ subscriptions: Array<{ topic: string, subscribe: boolean }> }>): void => {
     if (evt.detail.subscriptions.some(s => s.topic === CAPACITY_TOPIC && s.subscribe)) this.changed()
@@ -142,11 +223,12 @@ export class CapacityService implements Startable {
 
   /** Something in the local capacity changed: advertise soon, coalescing bursts. */
   changed (): void {
-    if (!this.running || this.changeTimer !== undefined) return
+    // Only the full regime advertises changes; a sampled mesh's bids carry the fresh load.
+    if (!this.running || !this.settled || this.counters.regime !== 'full' || this.changeTimer !== undefined) return
     const wait = Math.max(0, this.lastPublishAt + MIN_CHANGE_PUBLISH_GAP_MS - performance.now())
     this.changeTimer = setTimeout(() => {
       this.changeTimer = undefined
-      this.publish()
+      if (this.assess() >= 1) this.publish()
     }, wait)
   }
 
@@ -172,7 +254,9 @@ export class CapacityService implements Startable {
       queued: c.queued,
       operators: c.operators,
       addrs: c.addrs.slice(0, 8).map(a => a.bytes),
-      bulkPort: c.bulkPort ?? 0
+      bulkPort: c.bulkPort ?? 0,
+      meanGapMs: meanGapMs(this.intervalMs, this.counters.publishProbability),
+      intervalMs: this.intervalMs
     })
   }
 
@@ -209,6 +293,7 @@ export class CapacityService implements Startable {
       return verdict.reason === 'replayed' ? TopicValidatorResult.Ignore : TopicValidatorResult.Reject
     }
     this.counters.accepted++
+    this.estimator.observe(verdict.capacity.peerId, verdict.capacity, performance.now())
     this.components.directory.upsert(verdict.capacity)
     return TopicValidatorResult.Accept
   }

@@ -1,7 +1,7 @@
 import { multiaddr } from '@multiformats/multiaddr'
 import { equals } from 'uint8arrays/equals'
 import { errorMessage } from '../../errors.ts'
-import { ADVERT_VERSION, AdvertCodec, MAX_ADVERT_BYTES, MAX_GFLOPS, MAX_SLOTS } from './advert.ts'
+import { ADVERT_VERSION, AdvertCodec, MAX_ADVERT_BYTES, MAX_GFLOPS, MAX_MEAN_GAP_MS, MAX_SLOTS } from './advert.ts'
 import type { Advert } from './advert.ts'
 import type { PeerId } from '@libp2p/interface'
 
@@ -34,6 +34,10 @@ export interface PeerCapacity {
   addrs: string[]
   /** The peer's bulk channel port (0: none). */
   bulkPort: number
+  /** Mean ms between the peer's adverts (0: every interval); sampling.ts. */
+  meanGapMs: number
+  /** The peer's advert interval (0: unknown, an older node). */
+  intervalMs: number
 }
 
 export type AdvertVerdict =
@@ -79,6 +83,9 @@ export function validateAdvert (bytes: Uint8Array, ctx: ValidateContext): Advert
   if (!Number.isFinite(advert.gflops) || advert.gflops < 0 || advert.gflops > MAX_GFLOPS) return reject('invalid', 'advert gflops out of range')
   if (advert.memFreeBytes > advert.memTotalBytes) return reject('invalid', 'advert free memory exceeds total')
   if (advert.bulkPort > 65535) return reject('invalid', `advert bulk port ${advert.bulkPort} is not a TCP port`)
+  if (advert.meanGapMs > MAX_MEAN_GAP_MS) return reject('invalid', `advert mean gap ${advert.meanGapMs} ms exceeds ${MAX_MEAN_GAP_MS}`)
+  if (advert.intervalMs > MAX_MEAN_GAP_MS) return reject('invalid', `advert interval ${advert.intervalMs} ms exceeds ${MAX_MEAN_GAP_MS}`)
+  if (advert.meanGapMs > 0 && advert.meanGapMs < advert.intervalMs) return reject('invalid', `advert mean gap ${advert.meanGapMs} ms is shorter than its interval ${advert.intervalMs} ms`)
 
   const addrs: string[] = []
   for (const bytes of advert.addrs) {
@@ -104,7 +111,9 @@ export function validateAdvert (bytes: Uint8Array, ctx: ValidateContext): Advert
     queued: advert.queued,
     operators: advert.operators,
     addrs,
-    bulkPort: advert.bulkPort
+    bulkPort: advert.bulkPort,
+    meanGapMs: advert.meanGapMs,
+    intervalMs: advert.intervalMs
   }
   if (advert.gpuName !== '') capacity.gpu = { name: advert.gpuName, memoryBytes: advert.gpuMemBytes }
   return { ok: true, capacity }
