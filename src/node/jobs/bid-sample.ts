@@ -68,3 +68,23 @@ export function nextRound<C extends BidCandidate> (order: C[], asked: Set<string
   }
   return out
 }
+
+/**
+ * The coordinator's call for bids over `order`: rounds of `nextRound`, each
+ * sized to what is still missing times BID_OVERSAMPLE, until `wanted` peers
+ * (the coordinator counts as one) accept, the candidates run out, or
+ * BID_ROUNDS rounds have gone. `ask` answers one candidate (a network round
+ * trip on a node, a modelled one in the simulator).
+ */
+export async function gatherBids<C extends BidCandidate, R extends { answer?: { accept: boolean } }> (order: C[], wanted: number, ask: (c: C) => Promise<R>): Promise<R[]> {
+  const asked = new Set<string>()
+  const answers: R[] = []
+  for (let round = 0; round < BID_ROUNDS && asked.size < order.length; round++) {
+    const accepted = answers.filter(b => b.answer?.accept === true).length + 1
+    if (round > 0 && accepted >= wanted) break
+    const batch = nextRound(order, asked, Math.max(wanted + 1 - accepted, 1) * BID_OVERSAMPLE)
+    for (const c of batch) asked.add(c.peerId)
+    answers.push(...await Promise.all(batch.map(ask)))
+  }
+  return answers
+}

@@ -4,7 +4,7 @@ import { getOperator } from '../../compute/operators/index.ts'
 import { requestBid } from '../../protocol/bid/index.ts'
 import { planShards, DEFAULT_SHARDS_PER_PEER } from './split.ts'
 import { linkAdjustedRate } from './links.ts'
-import { BID_OVERSAMPLE, BID_ROUNDS, bidOrder, nextRound, wantedPeers } from './bid-sample.ts'
+import { bidOrder, gatherBids, wantedPeers } from './bid-sample.ts'
 import { SESSION_MAX_PAYLOAD } from '../../protocol/shard/session.ts'
 import type { ShardSessions } from '../../protocol/shard/session.ts'
 import type { LinkMeter } from './links.ts'
@@ -256,17 +256,7 @@ export class Coordinator {
       }
     }
     // A sample sized by the job, widened while too few accept (bid-sample.ts).
-    const wanted = wantedPeers(plan.units)
-    const order = bidOrder(candidates, seedOf(job.id))
-    const asked = new Set<string>()
-    const remote: Array<Awaited<ReturnType<typeof ask>>> = []
-    for (let round = 0; round < BID_ROUNDS && asked.size < order.length; round++) {
-      const accepted = remote.filter(b => b.answer?.accept === true).length + 1
-      if (round > 0 && accepted >= wanted) break
-      const batch = nextRound(order, asked, Math.max(wanted + 1 - accepted, 1) * BID_OVERSAMPLE)
-      for (const c of batch) asked.add(c.peerId)
-      remote.push(...await Promise.all(batch.map(ask)))
-    }
+    const remote = await gatherBids(bidOrder(candidates, seedOf(job.id)), wantedPeers(plan.units), ask)
     const self = { peer: this.selfId, answer: this.c.bid(req) }
     const all = [self, ...remote]
     job.bids = all.map(b => ({
