@@ -16,7 +16,8 @@ import { ExecutorPool } from '../compute/index.ts'
 import { InvalidInputError, NotFoundError, errorMessage } from '../errors.ts'
 import { decodeNpy } from '../compute/npy.ts'
 import { registerBidHandler, BID_PROTOCOL } from '../protocol/bid/index.ts'
-import { CapacityService, capacityScoreParams, capacityScoreThresholds } from '../protocol/capacity/index.ts'
+import { CAPACITY_TOPIC, CapacityService, EXPIRY_INTERVALS, capacityScoreParams, capacityScoreThresholds, entryExpiryMs } from '../protocol/capacity/index.ts'
+import { registerHelloHandler, sayHello } from '../protocol/hello/index.ts'
 import { DEFAULT_WIRE_LIMITS } from '../protocol/limits.ts'
 import { registerShardHandler, SHARD_PROTOCOL } from '../protocol/shard/index.ts'
 import { AllReduce } from '../protocol/allreduce/index.ts'
@@ -47,6 +48,8 @@ import { PeerLimits } from './access/peer-limits.ts'
 import type { MisbehaviourInfo } from './access/peer-limits.ts'
 import { silentLogger } from './log.ts'
 import { PeerDirectory } from './peer-directory.ts'
+import { ConnectionKeeper, checkConnectionBounds } from './connection-keeper.ts'
+import type { ConnectionBounds, ConnectionInfo } from './connection-keeper.ts'
 import type { Job, JobSpec } from './jobs/job.ts'
 import type { MeshNodeInit } from './options.ts'
 import type { WireLimits } from '../protocol/limits.ts'
@@ -117,6 +120,8 @@ export interface NodeInfo {
   /** This node as a relay for others: reservations held now and the limit; null when it relays for nobody. */
   relayServer: { reservations: number, maxReservations: number } | null
   adverts: CapacityService['counters']
+  /** Connections kept outside jobs, and the bounds (connection-keeper.ts). */
+  connections: ConnectionInfo | null
   /** Admission: whether the mesh is private (a swarm key), how many peers the allowlist holds (null: any with the key), connections refused by reason. */
   access: { private: boolean, allowlist: number | null, refused: Record<RefusalReason, number> }
   /** Per-peer limits: strikes for malformed frames and adverts, peers banned now, refusals. */
@@ -158,6 +163,8 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
   private bulk?: BulkServer
   private sessions?: ShardSessions
   private allreduce?: AllReduce
+  private keeper?: ConnectionKeeper
+  private readonly connectionBounds: ConnectionBounds
   private readonly gate: AccessGate
   /** Rate limits, strikes and bans per peer; `isBanned` is for the connection gater. */
   readonly peerLimits: PeerLimits
@@ -172,8 +179,14 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
     this.intervalMs = init.advertIntervalMs ?? 2000
     this.limits = { ...DEFAULT_WIRE_LIMITS, ...init.limits }
     this.gate = new AccessGate({ allow: init.allow, banned: (peer) => this.peerLimits.isBanned(peer) })
-    this.directory = new PeerDirectory({ expiryMs: this.intervalMs * 3 })
-    this.pool = new ExecutorPool({ workers: init.workers, backend: init.backend ?? 'auto' })
+    this.connectionBounds = checkConnectionBounds(init.connections ?? {})
+    this.directory = new PeerDirectory({
+      expiryMs: this.intervalMs * EXPIRY_INTERVALS,
+      // A sampled advert lives a sample window, and past it while its peer is connected (sampling.ts).
+      expiryOf: (c) => entryExpiryMs(c, this.intervalMs, EXPIRY_INTERVALS),
+      alive: (peer) => this.libp2pNode?.getConnections(peerIdFromString(peer)).some(c => c.status === 'open') === true
+    })
+    this.pool = init.pool ?? new ExecutorPool({ workers: init.workers, backend: init.backend ?? 'auto' })
     this.peerLimits = new PeerLimits({ log: this.log, rates: init.rateLimits })
     this.metrics = new NodeMetrics({ directory: this.directory, pool: this.pool, libp2p: () => this.libp2pNode, adverts: () => this.capacity?.counters, jobs: () => this.jobManager?.list() ?? [], misbehaving: () => this.peerLimits.info() })
     for (const type of ['peer:join', 'peer:update', 'peer:leave'] as const) {
@@ -232,6 +245,8 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
         // With a swarm key, every connection is sealed under it before noise: outsiders never get a handshake.
         ...(this.init.swarmKey !== undefined ? { connectionProtector: preSharedKey({ psk: this.init.swarmKey }) } : {}),
         connectionGater: this.gate.gater(),
+        // The keeper bounds connections outside jobs; libp2p's own cap only has to leave room for jobs above it.
+        connectionManager: { maxConnections: Math.max(300, this.connectionBounds.max + 256) },
         connectionEncrypters: [noise()],
         streamMuxers: [yamux()],
         peerDiscovery: this.init.mdns === true ? [mdns()] : [],
@@ -276,6 +291,14 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
       this.directory.addEventListener('peer:join', (evt) => {
         this.learnAddrs(evt.detail.capacity.peerId, evt.detail.capacity.addrs)
       })
+      this.libp2p.addEventListener('connection:open', (evt) => {
+        // The dialer says hello; the listener answers. Both then know each other's capacity.
+        const conn = evt.detail
+        if (conn.direction !== 'outbound' || this.capacity === undefined) return
+        const capacity = this.capacity
+        sayHello(conn, { advert: () => capacity.encodeAdvert(), admit: (from, bytes) => { capacity.admitDirect(from, bytes) }, log: this.log })
+          .catch((err: unknown) => { this.log.debug({ peer: conn.remotePeer.toString(), err: errorMessage(err) }, 'hello failed') })
+      })
       this.directory.start()
       // Adverts carry the calibrated GFLOPS, and jobs need workers: both wait for the pool.
       await poolReady
@@ -286,6 +309,20 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
         { intervalMs: this.intervalMs, local: () => this.localCapacity() }
       )
       this.pool.addEventListener('change', () => { this.capacity?.changed() })
+      const capacity = this.capacity
+      await registerHelloHandler(this.libp2p, { advert: () => capacity.encodeAdvert(), admit: (from, bytes) => { capacity.admitDirect(from, bytes) }, log: this.log })
+      // The GossipSub class has getMeshPeers; its exported interface does not say so.
+      const pubsub = this.libp2p.services.pubsub as GossipSub & { getMeshPeers?: (topic: string) => string[] }
+      this.keeper = new ConnectionKeeper({
+        libp2p: this.libp2p,
+        directory: this.directory,
+        bounds: this.connectionBounds,
+        log: this.log,
+        intervalMs: this.intervalMs,
+        pinned: () => new Set(this.bootstrap.map(a => a.getComponents().find(c => c.name === 'p2p')?.value).filter((p): p is string => p !== undefined)),
+        meshPeers: () => new Set(pubsub.getMeshPeers?.(CAPACITY_TOPIC) ?? []),
+        dial: (peer) => { this.dialQuietly(peerIdFromString(peer), []) }
+      })
       if (this.init.journal !== false) {
         this.journal = new Journal(this.init.dataDir, this.storage)
         await this.journal.open()
@@ -351,6 +388,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
       await this.allreduce.start()
       this.jobManager.useAllReduce(this.allreduce)
       this.capacity.start()
+      this.keeper.start()
       await this.jobManager.restore()
       // Only now is every journaled job back, so only now can the store tell which blobs nothing names.
       this.blobs.useReferences(() => jobs.blobsInUse())
@@ -374,6 +412,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
   /** Ordered shutdown: stop taking requests, stop advertising, close peers, then compute. */
   async stop (): Promise<void> {
     clearInterval(this.connectivityTimer)
+    this.keeper?.stop()
     await this.api?.stop()
     this.jobManager?.stop()
     await this.allreduce?.stop()
@@ -489,7 +528,8 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
       ...this.reachabilityInfo(),
       links: this.jobManager?.links.snapshot() ?? {},
       servingShards: this.jobManager?.servingShards ?? 0,
-      adverts: this.capacity?.counters ?? { published: 0, accepted: 0, rejected: { oversized: 0, garbage: 0, spoofed: 0, version: 0, invalid: 0, clock: 0, replayed: 0 }, lastAdvertBytes: 0 },
+      adverts: this.capacity?.counters ?? { published: 0, accepted: 0, rejected: { oversized: 0, garbage: 0, spoofed: 0, version: 0, invalid: 0, clock: 0, replayed: 0 }, lastAdvertBytes: 0, skipped: 0, direct: 0, regime: 'full', meshEstimate: 1, publishProbability: 1 },
+      connections: this.keeper?.info() ?? null,
       access: { private: this.init.swarmKey !== undefined, allowlist: this.init.allow?.length ?? null, refused: { ...this.gate.refused } },
       misbehaving: this.peerLimits.info(),
       storage: this.storage?.info() ?? null
@@ -539,7 +579,10 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
     return addrs.sort((a, b) => Number(isRelayed(b)) - Number(isRelayed(a)))
   }
 
-  /** Remembers a peer's advertised addresses and connects if we are not connected yet. */
+  /**
+   * Remembers a peer's advertised addresses, so a job can dial it by id. The
+   * connection keeper decides whether to connect now (connection-keeper.ts).
+   */
   private learnAddrs (peer: string, addrs: string[]): void {
     let id: PeerId
     try {
@@ -548,9 +591,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
       return
     }
     const mas = addrs.map(a => multiaddr(a))
-    this.libp2p.peerStore.merge(id, { multiaddrs: mas }).then(() => {
-      this.dialQuietly(id, [])
-    }, () => {})
+    this.libp2p.peerStore.merge(id, { multiaddrs: mas }).catch(() => {})
   }
 
   /**
@@ -592,10 +633,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
         this.dialQuietly(undefined, [addr])
       }
     }
-    for (const entry of this.directory.list()) {
-      const id = peerIdFromString(entry.capacity.peerId)
-      if (this.libp2p.getConnections(id).length === 0) this.dialQuietly(id, [])
-    }
+    // Directory peers are the keeper's: it dials up to its bounds, not every peer.
   }
 }
 

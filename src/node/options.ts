@@ -5,6 +5,8 @@ import type { BackendChoice } from '../compute/index.ts'
 import type { WireLimits } from '../protocol/limits.ts'
 import type { JobHooks } from './jobs/coordinator.ts'
 import type { FaultInjection } from './jobs/job-manager.ts'
+import type { ConnectionBounds } from './connection-keeper.ts'
+import type { ExecutorPool } from '../compute/index.ts'
 
 /** A node's options as plain data; the CLI translates its flags into this in one place. */
 export interface MeshNodeInit {
@@ -61,6 +63,14 @@ export interface MeshNodeInit {
    * evicted and new jobs and uploads refused with ERR_STORAGE_FULL.
    */
   maxStorageBytes?: number
+  /** Connections kept outside jobs (connection-keeper.ts); each defaults to DEFAULT_CONNECTION_BOUNDS. */
+  connections?: Partial<ConnectionBounds>
+  /**
+   * An executor pool to use instead of one of the node's own making (the
+   * scale bench gives each of its hundreds of nodes a pool without workers);
+   * the node starts and stops it as its own. Never set by the CLI.
+   */
+  pool?: ExecutorPool
   /** Faults injected into shards this node runs for others (tests and testnet only). */
   faults?: FaultInjection
   /** Test and fault-injection seams in a job's life; never set by the CLI. */

@@ -10,6 +10,8 @@ import { createLogger, LOG_LEVELS } from '../log.ts'
 import { SWARM_KEY_FILE, loadOrCreateSwarmKey, parsePeerId, readAllowFile, readSwarmKey, writeSwarmKey } from '../access/index.ts'
 import { DEFAULT_RELAY_RESERVATIONS, MeshNode } from '../mesh-node.ts'
 import { prepareDataDir } from '../keys.ts'
+import { CONNECTION_BOUNDS_LIMITS, DEFAULT_CONNECTION_BOUNDS, checkConnectionBounds } from '../connection-keeper.ts'
+import type { ConnectionBounds } from '../connection-keeper.ts'
 import { LOSS_MODULUS, MAX_BANDWIDTH_BPS, MIN_BANDWIDTH_BPS, runTestnet } from '../testnet/index.ts'
 import type { TestnetInit } from '../testnet/index.ts'
 import { DEFAULT_MAX_STORAGE_BYTES, MIN_MAX_STORAGE_BYTES, formatBytes } from '../storage.ts'
@@ -95,10 +97,14 @@ const commands: Command[] = [
   --relay-data-limit BYTES  bytes per relayed connection, e.g. 1G (default 0: unlimited)
   --relay-duration-limit S  seconds per relayed connection (default 0: unlimited)
   --no-relay           neither relay for others nor take a relay when behind NAT
+  --min-connections N  peers this node dials and keeps outside jobs (default ${DEFAULT_CONNECTION_BOUNDS.min}: gossipsub's mesh
+                       and a random set); jobs dial the peers they need on demand
+  --max-connections N  connections outside jobs past which it closes inbound ones too (default ${DEFAULT_CONNECTION_BOUNDS.max})
+  --connection-idle MS how long a job's connection stays after its last stream (default ${DEFAULT_CONNECTION_BOUNDS.idleMs})
   --inject FAULT       testing only: slow=FACTOR (shards for peers take FACTOR times as long)
                        or wrong (partials for peers are off by one); repeatable`,
     options: {
-      ...common, ...nodeOptions, inject: { type: 'string', multiple: true }, 'no-bulk': { type: 'boolean' }, 'max-storage': { type: 'string' }, listen: { type: 'string', multiple: true }, api: { type: 'string' }, bootstrap: { type: 'string', multiple: true }, mdns: { type: 'boolean' },
+      ...common, ...nodeOptions, inject: { type: 'string', multiple: true }, 'no-bulk': { type: 'boolean' }, 'min-connections': { type: 'string' }, 'max-connections': { type: 'string' }, 'connection-idle': { type: 'string' }, 'max-storage': { type: 'string' }, listen: { type: 'string', multiple: true }, api: { type: 'string' }, bootstrap: { type: 'string', multiple: true }, mdns: { type: 'boolean' },
       'swarm-key': { type: 'string' }, open: { type: 'boolean' }, allow: { type: 'string', multiple: true }, 'allow-file': { type: 'string' }, 'no-api-auth': { type: 'boolean' },
       'relay-reservations': { type: 'string' }, 'relay-data-limit': { type: 'string' }, 'relay-duration-limit': { type: 'string' }, 'no-relay': { type: 'boolean' }
     },
@@ -246,6 +252,24 @@ ${CLIENT_USAGE}`,
 
 function str (v: Values[string]): string | undefined {
   return typeof v === 'string' ? v : undefined
+}
+
+/** --min-connections, --max-connections, --connection-idle, checked together (max below min is refused). */
+function connectionBounds (values: Values): ConnectionBounds {
+  const { min, max, idleMs } = CONNECTION_BOUNDS_LIMITS
+  const flag = (name: string, r: { lo: number, hi: number }): number | undefined => values[name] === undefined ? undefined : parseIntFlag(values[name], `--${name}`, r.lo, r.hi)
+  const b: Partial<ConnectionBounds> = {}
+  const lo = flag('min-connections', min)
+  const hi = flag('max-connections', max)
+  const idle = flag('connection-idle', idleMs)
+  if (lo !== undefined) b.min = lo
+  if (hi !== undefined) b.max = hi
+  if (idle !== undefined) b.idleMs = idle
+  try {
+    return checkConnectionBounds(b)
+  } catch (err) {
+    throw new UsageError(`--min-connections/--max-connections: ${errorMessage(err).replace(/^connections: /, '')}`)
+  }
 }
 
 function parseIntFlag (v: Values[string], flag: string, min: number, max: number, required = false): number {
@@ -434,6 +458,7 @@ export async function nodeInit (values: Values): Promise<{ init: MeshNodeInit, n
     advertIntervalMs: values['advert-interval'] === undefined ? undefined : parseIntFlag(values['advert-interval'], '--advert-interval', 50, 600_000),
     faults: parseFaults(values.inject as string[] | undefined),
     bulk: values['no-bulk'] !== true,
+    connections: connectionBounds(values),
     relay: relayOptions(values),
     maxStorageBytes,
     logger: createLogger(logLevel)
