@@ -20,7 +20,7 @@ export { validateAdvert, MAX_CLOCK_SKEW_MS } from './validate.ts'
 export { CAPACITY_TOPIC } from './topic.ts'
 export { capacityScoreParams, capacityTopicScoreParams, capacityScoreThresholds, SubnetSet, COLOCATION_WHITELIST, INVALID_ADVERT_WEIGHT, INVALID_ADVERT_HALF_LIFE_MS, GOSSIP_THRESHOLD, PUBLISH_THRESHOLD, GRAYLIST_THRESHOLD, CAPACITY_TOPIC_SCORE_CAP } from './score.ts'
 export type { PeerCapacity, RejectReason, AdvertVerdict } from './validate.ts'
-export { FULL_DIRECTORY_MAX, SAMPLED_ENTER, SAMPLED_ADVERTS_PER_SEC, SAMPLE_WINDOW_MS, MeshSizeEstimator, entryExpiryMs, impliedEstimate, meanGapMs, publishProbability, publishesEveryTick, regimeFor } from './sampling.ts'
+export { FULL_DIRECTORY_MAX, SAMPLED_ENTER, SAMPLED_ADVERTS_PER_SEC, GOSSIP_D, GOSSIP_D_LO, GOSSIP_D_HI, GOSSIP_D_LAZY, SAMPLE_WINDOW_MS, MeshSizeEstimator, entryExpiryMs, impliedEstimate, meanGapMs, publishProbability, publishesEveryTick, regimeFor } from './sampling.ts'
 export type { AdvertRegime, AuthorRate } from './sampling.ts'
 
 /**
@@ -126,6 +126,10 @@ export class CapacityService implements Startable {
   private readonly priors = new Map<string, number>()
   /** Set once this node has either met a peer directly or ticked once: until then it does not know its regime. */
   private settled = false
+  /** Whether one of our adverts has reached a peer: until then this node is a newcomer the mesh has not heard. */
+  private heard = false
+  /** Slots and operators as last advertised (poolChanged). */
+  private poolSignature = ''
 
   constructor (components: CapacityServiceComponents, init: CapacityServiceInit) {
     this.components = components
@@ -194,21 +198,24 @@ export class CapacityService implements Startable {
     if (this.priors.size > 64) this.priors.delete(this.priors.keys().next().value as string)
     this.settled = true
     this.components.directory.upsert(verdict.capacity)
-    // In the full regime a new neighbour means the rest of the mesh should hear of us now
-    // (the newcomer's advert reaches everyone through it); the sampled regime waits for its tick.
-    this.changed()
+    // A newcomer's first neighbour can carry its advert to the whole mesh now (full regime only;
+    // the sampled one waits for its tick). The neighbour itself has nothing new to tell the mesh.
+    if (!this.heard) this.changed()
     return TopicValidatorResult.Accept
   }
 
   /**
-   * A peer that just subscribed to the topic has seen none of our adverts,
-   * and the next is up to an interval away. In the full regime, advertise now
-   * (coalesced like any change), so a newcomer and the mesh know each other
-   * within a round trip of its subscription. The sampled regime does not: a
-   * join would then cost a broadcast per connection, and hello covers it.
+   * A newcomer's first advert reaches nobody until a peer has subscribed, and
+   * the next is up to an interval away. In the full regime, advertise as soon
+   * as the first subscriber is there (coalesced like any change), so the mesh
+   * knows a newcomer within a round trip. The peers it connects to have its
+   * advert by hello, and it theirs, so they need not advertise for it (that
+   * was a broadcast per connection per join). The sampled regime waits for
+   * its tick.
    */
   private readonly onSubscription = (evt: CustomEvent<{ subscriptions: Array<{ topic: string, subscribe: boolean }> }>): void => {
-    if (evt.detail.subscriptions.some(s => s.topic === CAPACITY_TOPIC && s.subscribe)) this.changed()
+    // Only our own first advert waits on a subscriber: a newcomer that subscribes got ours by hello.
+    if (!this.heard && evt.detail.subscriptions.some(s => s.topic === CAPACITY_TOPIC && s.subscribe)) this.changed()
   }
 
   stop (): void {
@@ -219,6 +226,22 @@ export class CapacityService implements Startable {
     pubsub.removeEventListener('subscription-change', this.onSubscription)
     pubsub.topicValidators.delete(CAPACITY_TOPIC)
     pubsub.unsubscribe(CAPACITY_TOPIC)
+  }
+
+  /**
+   * The pool changed. Only what the node can do is worth gossip now: its
+   * slots (a worker died or came back) and its operators. Its load is not:
+   * every shard start and end flips it, at 25 busy nodes that was hundreds of
+   * adverts a second, each checked by every node, and a call for bids reads
+   * the fresh load anyway. The next tick carries the load.
+   */
+  poolChanged (): void {
+    const c = this.local()
+    const signature = `${c.slots}/${c.operators.join(',')}`
+    if (signature === this.poolSignature) return
+    const first = this.poolSignature === ''
+    this.poolSignature = signature
+    if (!first) this.changed()
   }
 
   /** Something in the local capacity changed: advertise soon, coalescing bursts. */
@@ -265,8 +288,9 @@ export class CapacityService implements Startable {
     this.lastPublishAt = performance.now()
     const bytes = this.encodeAdvert()
     this.counters.lastAdvertBytes = bytes.byteLength
-    this.components.pubsub.publish(CAPACITY_TOPIC, bytes).then(() => {
+    this.components.pubsub.publish(CAPACITY_TOPIC, bytes).then((result) => {
       this.counters.published++
+      if (result.recipients.length > 0) this.heard = true
     }, (err: unknown) => {
       this.components.log.debug({ err: errorMessage(err) }, 'advert publish failed')
     })

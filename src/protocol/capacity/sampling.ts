@@ -36,13 +36,27 @@ export const SAMPLED_ENTER = 80
 
 /**
  * Adverts per second the whole mesh publishes in the sampled regime. Each
- * costs a node about (advert bytes + framing) x D plus one IHAVE id per
- * gossip target: with ~330 B on the wire, D = 6 and 6 lazy peers of ~50 B
- * ids over 3 windows, ~2.9 KB per advert, spread over every node. One a
- * second keeps adverts near 1 KB/s per node, inside the 2 KB/s that the scale
- * goal allows for all control traffic (measured in `npm run bench -- --only scale`).
+ * costs every node about GOSSIP_D copies of ~330 B on the wire (the advert,
+ * its signature, key and framing) plus an IHAVE id (~50 B) to each of
+ * GOSSIP_D_LAZY peers in each of 3 gossip windows: ~1.8 KB per advert per
+ * node. Half an advert a second keeps adverts under 1 KB/s per node, which
+ * leaves room in the 2 KB/s that the scale goal allows for all control
+ * traffic (connections' keep-alives, hellos, bids). Measured:
+ * `npm run bench -- --only scale`; at 10,000 nodes: `scripts/scale-sim.ts`.
  */
-export const SAMPLED_ADVERTS_PER_SEC = 1
+export const SAMPLED_ADVERTS_PER_SEC = 0.5
+
+/**
+ * Gossipsub's mesh degree for the capacity topic, and its bounds: 4 (Dlo 3,
+ * Dhi 8) rather than libp2p's 6, since every copy beyond the first is
+ * redundancy a control message of a few hundred bytes needs little of, and
+ * the publisher floods its own to every topic peer anyway.
+ */
+export const GOSSIP_D = 4
+export const GOSSIP_D_LO = 3
+export const GOSSIP_D_HI = 8
+/** Peers each heartbeat's IHAVE gossip goes to (libp2p: 6). */
+export const GOSSIP_D_LAZY = 3
 
 /**
  * How long a sampled advert stays in the directory: long enough that the
