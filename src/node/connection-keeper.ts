@@ -16,7 +16,9 @@
  *
  * Outside jobs, connections it dialed beyond `min` close once idle for
  * `idleMs` (the peers of a finished job), and past `max` it closes inbound
- * ones too, newest first, never a gossip mesh peer or a bootstrap peer. A
+ * ones too, newest first, never a gossip mesh peer or a bootstrap peer. It
+ * picks its own set among peers its neighbours named (hello's hints) before
+ * directory peers, so random sets spread over the mesh. A
  * mesh of `min` + 1 nodes or fewer keeps every connection: as before.
  */
 import { peerIdFromString } from '@libp2p/peer-id'
@@ -68,6 +70,10 @@ export interface PeerConnections {
   peer: string
   /** This node dialed (one of) its connections. */
   outbound: boolean
+  /** The peer dialed (one of) its connections: it keeps it, whatever this node dialed besides. */
+  inbound: boolean
+  /** In the keeper's own set: the keeper (or bootstrap) dialed it to keep it. */
+  own: boolean
   /** A job stream is open on it now. */
   busy: boolean
   /** When its last job stream was seen open (performance.now()); undefined: never. */
@@ -88,13 +94,17 @@ export interface ConnectionPlan {
   outsideJobs: number
 }
 
-/**
- * Whether a peer's connection belongs to a job now. A connection younger than
- * idleMs counts too: a job dials, then opens its stream, and the keeper must
- * not close the connection between the two.
- */
+/** Whether a peer's connection belongs to a job now: a job stream is open, or closed less than idleMs ago. */
 export function inJob (c: PeerConnections, now: number, idleMs: number): boolean {
-  return c.busy || now - c.since < idleMs || (c.lastJobUseAt !== undefined && now - c.lastJobUseAt < idleMs)
+  return c.busy || (c.lastJobUseAt !== undefined && now - c.lastJobUseAt < idleMs)
+}
+
+/**
+ * Younger than idleMs: counted, but not closed. A job dials, then opens its
+ * stream, and the keeper must not close the connection between the two.
+ */
+function fresh (c: PeerConnections, now: number, idleMs: number): boolean {
+  return now - c.since < idleMs
 }
 
 /** What to close and how many to dial; pure, so the simulator and tests run the node's own rules. */
@@ -103,29 +113,36 @@ export function planConnections (conns: PeerConnections[], bounds: ConnectionBou
   // Keep first: bootstrap, then gossip mesh peers, then the longest connected (a stable random set).
   const rank = (a: PeerConnections, b: PeerConnections): number =>
     Number(b.pinned) - Number(a.pinned) || Number(b.mesh) - Number(a.mesh) || a.since - b.since
-  const outbound = outside.filter(c => c.outbound).sort(rank)
-  const inbound = outside.filter(c => !c.outbound).sort(rank)
+  const own = outside.filter(c => c.own || c.pinned).sort(rank)
+  const others = outside.filter(c => !(c.own || c.pinned))
+  const closable = (c: PeerConnections): boolean => !c.pinned && !fresh(c, now, bounds.idleMs)
   const close = new Set<string>()
-  // Dialed beyond the keeper's own set: a finished job's peers.
-  outbound.slice(bounds.min).filter(c => !c.pinned && !c.mesh).forEach(c => close.add(c.peer))
+  // Beyond the keeper's own set, and connections a job dialed that are idle now: a finished job's peers.
+  own.slice(bounds.min).filter(c => closable(c) && !c.mesh).forEach(c => close.add(c.peer))
+  others.filter(c => c.outbound && !c.inbound && c.lastJobUseAt !== undefined && closable(c) && !c.mesh).forEach(c => close.add(c.peer))
   let count = outside.length - close.size
-  // Past max, the newest inbound go first, then any that is neither mesh nor bootstrap.
+  // Past max, the newest inbound go first, then any of the own set that is neither mesh nor bootstrap.
+  const inbound = others.filter(c => !c.outbound).sort(rank)
+  // A fresh inbound one may go too: it is another node's dial, and that node dials elsewhere.
   for (const c of [...inbound].reverse()) {
     if (count <= bounds.max) break
     if (c.pinned || c.mesh || close.has(c.peer)) continue
     close.add(c.peer)
     count--
   }
-  for (const c of [...outbound].reverse()) {
+  for (const c of [...own].reverse()) {
     if (count <= bounds.max) break
-    if (c.pinned || close.has(c.peer)) continue
+    if (!closable(c) || close.has(c.peer)) continue
     close.add(c.peer)
     count--
   }
-  const keptOutbound = outbound.filter(c => !close.has(c.peer)).length
-  const dial = count >= bounds.max ? 0 : Math.max(0, Math.min(bounds.min - keptOutbound, bounds.max - count))
+  const kept = own.filter(c => !close.has(c.peer)).length
+  const dial = count >= bounds.max ? 0 : Math.max(0, Math.min(bounds.min - kept, bounds.max - count))
   return { close: [...close], dial, outsideJobs: count }
 }
+
+/** Peers remembered from offers (mDNS, the peer store); a few dozen cover any LAN. */
+const MAX_OFFERED = 256
 
 export interface ConnectionKeeperInit {
   libp2p: Libp2p
@@ -136,8 +153,8 @@ export interface ConnectionKeeperInit {
   pinned: () => Set<string>
   /** Gossipsub's mesh peers on the capacity topic. */
   meshPeers: () => Set<string>
-  /** Dials a peer by id (the node's dial rules: bans, direct before relayed). */
-  dial: (peer: string) => void
+  /** Dials a peer by id (the node's dial rules: bans, direct before relayed); settles when the dial has. */
+  dial: (peer: string) => Promise<void>
   /** How often to look (ms). */
   intervalMs: number
   random?: () => number
@@ -160,6 +177,12 @@ export class ConnectionKeeper {
   private readonly random: () => number
   private readonly lastJobUse = new Map<string, number>()
   private readonly since = new Map<string, number>()
+  /** Dials in flight: counted as connections, or every look before they land would dial again. */
+  private readonly pending = new Set<string>()
+  /** Peers the keeper dialed to keep (its own set), while connected. */
+  private readonly own = new Set<string>()
+  /** Peers found outside the directory (offer), candidates for the own set. */
+  private readonly offered = new Set<string>()
   private timer?: NodeJS.Timeout
   private soon?: NodeJS.Timeout
   private dialed = 0
@@ -195,6 +218,27 @@ export class ConnectionKeeper {
     this.soon.unref()
   }
 
+  /**
+   * A peer found by other means than an advert (mDNS, a peer store update):
+   * dialed into the own set only while the set is short, as a directory
+   * peer would be.
+   */
+  offer (peer: string): void {
+    this.offered.delete(peer)
+    this.offered.add(peer)
+    // A bounded memory of them: the newest are the likeliest still there.
+    if (this.offered.size > MAX_OFFERED) this.offered.delete(this.offered.values().next().value as string)
+    this.onChange()
+  }
+
+  private dialOwn (peer: string): void {
+    this.dialed++
+    this.pending.add(peer)
+    this.i.dial(peer).then(() => {
+      if (this.i.libp2p.getConnections(peerIdFromString(peer)).length > 0) this.own.add(peer)
+    }, () => {}).finally(() => { this.pending.delete(peer) })
+  }
+
   /** Marks a peer as in use by a job now (callers that hold no stream, e.g. between rounds). */
   touch (peer: string): void {
     this.lastJobUse.set(peer, performance.now())
@@ -219,25 +263,29 @@ export class ConnectionKeeper {
       if (!this.since.has(peer)) this.since.set(peer, now)
       const v = views.get(peer)
       if (v === undefined) {
-        views.set(peer, { peer, outbound: conn.direction === 'outbound', busy, lastJobUseAt: this.lastJobUse.get(peer), since: this.since.get(peer) ?? now, mesh: mesh.has(peer), pinned: pinned.has(peer) })
+        views.set(peer, { peer, outbound: conn.direction === 'outbound', inbound: conn.direction === 'inbound', own: this.own.has(peer), busy, lastJobUseAt: this.lastJobUse.get(peer), since: this.since.get(peer) ?? now, mesh: mesh.has(peer), pinned: pinned.has(peer) })
       } else {
         v.outbound ||= conn.direction === 'outbound'
+        v.inbound ||= conn.direction === 'inbound'
         v.busy ||= busy
       }
     }
-    for (const peer of this.since.keys()) if (!views.has(peer)) { this.since.delete(peer); this.lastJobUse.delete(peer) }
+    for (const peer of this.since.keys()) if (!views.has(peer)) { this.since.delete(peer); this.lastJobUse.delete(peer); this.own.delete(peer) }
     const plan = planConnections([...views.values()], this.i.bounds, now)
     this.outsideJobs = plan.outsideJobs
     for (const peer of plan.close) {
       this.closed++
+      this.own.delete(peer)
       this.i.libp2p.hangUp(peerIdFromString(peer)).catch((err: unknown) => { this.i.log.debug({ peer, err: errorMessage(err) }, 'hang up failed') })
     }
-    if (plan.dial > 0) {
-      const candidates = this.i.directory.list().map(e => e.capacity.peerId).filter(p => !views.has(p))
-      for (const peer of sample(candidates, plan.dial, this.random)) {
-        this.dialed++
-        this.i.dial(peer)
-      }
+    const wanted = plan.dial - this.pending.size
+    if (wanted > 0) {
+      // Hinted peers first: in the sampled regime every directory holds the same recent
+      // publishers, and dialing only those would pile the whole mesh's random sets onto them.
+      const open = (p: string): boolean => !views.has(p) && !this.pending.has(p)
+      const hinted = sample([...this.offered].filter(open), wanted, this.random)
+      const listed = sample(this.i.directory.list().map(e => e.capacity.peerId).filter(p => open(p) && !this.offered.has(p)), wanted, this.random)
+      for (const peer of [...hinted, ...listed].slice(0, wanted)) this.dialOwn(peer)
     }
     return plan
   }

@@ -5,7 +5,8 @@ import { gossipsub } from '@libp2p/gossipsub'
 import { identify } from '@libp2p/identify'
 import { TypedEventEmitter } from '@libp2p/interface'
 import { mdns } from '@libp2p/mdns'
-import { peerIdFromString } from '@libp2p/peer-id'
+import { peerIdFromMultihash, peerIdFromString } from '@libp2p/peer-id'
+import * as Digest from 'multiformats/hashes/digest'
 import { ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
 import { multiaddr } from '@multiformats/multiaddr'
@@ -16,8 +17,9 @@ import { ExecutorPool } from '../compute/index.ts'
 import { InvalidInputError, NotFoundError, errorMessage } from '../errors.ts'
 import { decodeNpy } from '../compute/npy.ts'
 import { registerBidHandler, BID_PROTOCOL } from '../protocol/bid/index.ts'
-import { CAPACITY_TOPIC, CapacityService, EXPIRY_INTERVALS, capacityScoreParams, capacityScoreThresholds, entryExpiryMs } from '../protocol/capacity/index.ts'
-import { registerHelloHandler, sayHello } from '../protocol/hello/index.ts'
+import { CAPACITY_TOPIC, CapacityService, EXPIRY_INTERVALS, GOSSIP_D, GOSSIP_D_HI, GOSSIP_D_LAZY, GOSSIP_D_LO, capacityScoreParams, capacityScoreThresholds, entryExpiryMs } from '../protocol/capacity/index.ts'
+import { MAX_HELLO_HINTS, registerHelloHandler, sayHello } from '../protocol/hello/index.ts'
+import type { HelloInit, PeerHint } from '../protocol/hello/index.ts'
 import { DEFAULT_WIRE_LIMITS } from '../protocol/limits.ts'
 import { registerShardHandler, SHARD_PROTOCOL } from '../protocol/shard/index.ts'
 import { AllReduce } from '../protocol/allreduce/index.ts'
@@ -48,7 +50,7 @@ import { PeerLimits } from './access/peer-limits.ts'
 import type { MisbehaviourInfo } from './access/peer-limits.ts'
 import { silentLogger } from './log.ts'
 import { PeerDirectory } from './peer-directory.ts'
-import { ConnectionKeeper, checkConnectionBounds } from './connection-keeper.ts'
+import { ConnectionKeeper, checkConnectionBounds, sample } from './connection-keeper.ts'
 import type { ConnectionBounds, ConnectionInfo } from './connection-keeper.ts'
 import type { Job, JobSpec } from './jobs/job.ts'
 import type { MeshNodeInit } from './options.ts'
@@ -278,6 +280,11 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
             allowPublishToZeroTopicPeers: true,
             // Adverts are small and few: send our own to every peer we know, not only mesh peers.
             floodPublish: true,
+            // A thinner mesh than libp2p's default: adverts need little redundancy (sampling.ts).
+            D: GOSSIP_D,
+            Dlo: GOSSIP_D_LO,
+            Dhi: GOSSIP_D_HI,
+            Dlazy: GOSSIP_D_LAZY,
             // Rejected adverts cost their sender score, so a peer sending garbage is graylisted (loopback and the testnet range excepted from IP colocation).
             scoreParams: capacityScoreParams(),
             scoreThresholds: capacityScoreThresholds()
@@ -285,8 +292,11 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
         }
       }).catch((err: unknown) => { throw listenError(err, this.listen) })
 
+      // libp2p reports a peer as discovered for mDNS and whenever its peer store first hears of it
+      // (the addresses in an advert): the keeper dials it only while its own set is short.
       this.libp2p.addEventListener('peer:discovery', (evt) => {
-        this.dialQuietly(evt.detail.id, evt.detail.multiaddrs)
+        if (evt.detail.multiaddrs.length > 0) this.libp2p.peerStore.merge(evt.detail.id, { multiaddrs: evt.detail.multiaddrs }).catch(() => {})
+        this.keeper?.offer(evt.detail.id.toString())
       })
       this.directory.addEventListener('peer:join', (evt) => {
         this.learnAddrs(evt.detail.capacity.peerId, evt.detail.capacity.addrs)
@@ -296,7 +306,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
         const conn = evt.detail
         if (conn.direction !== 'outbound' || this.capacity === undefined) return
         const capacity = this.capacity
-        sayHello(conn, { advert: () => capacity.encodeAdvert(), admit: (from, bytes) => { capacity.admitDirect(from, bytes) }, log: this.log })
+        sayHello(conn, this.helloInit(capacity))
           .catch((err: unknown) => { this.log.debug({ peer: conn.remotePeer.toString(), err: errorMessage(err) }, 'hello failed') })
       })
       this.directory.start()
@@ -308,9 +318,9 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
         { peerId: this.libp2p.peerId, pubsub: this.libp2p.services.pubsub, directory: this.directory, log: this.log, guard: this.peerLimits },
         { intervalMs: this.intervalMs, local: () => this.localCapacity() }
       )
-      this.pool.addEventListener('change', () => { this.capacity?.changed() })
+      this.pool.addEventListener('change', () => { this.capacity?.poolChanged() })
       const capacity = this.capacity
-      await registerHelloHandler(this.libp2p, { advert: () => capacity.encodeAdvert(), admit: (from, bytes) => { capacity.admitDirect(from, bytes) }, log: this.log })
+      await registerHelloHandler(this.libp2p, this.helloInit(capacity))
       // The GossipSub class has getMeshPeers; its exported interface does not say so.
       const pubsub = this.libp2p.services.pubsub as GossipSub & { getMeshPeers?: (topic: string) => string[] }
       this.keeper = new ConnectionKeeper({
@@ -321,7 +331,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
         intervalMs: this.intervalMs,
         pinned: () => new Set(this.bootstrap.map(a => a.getComponents().find(c => c.name === 'p2p')?.value).filter((p): p is string => p !== undefined)),
         meshPeers: () => new Set(pubsub.getMeshPeers?.(CAPACITY_TOPIC) ?? []),
-        dial: (peer) => { this.dialQuietly(peerIdFromString(peer), []) }
+        dial: async (peer) => { await this.dialQuietly(peerIdFromString(peer), []) }
       })
       if (this.init.journal !== false) {
         this.journal = new Journal(this.init.dataDir, this.storage)
@@ -579,6 +589,35 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
     return addrs.sort((a, b) => Number(isRelayed(b)) - Number(isRelayed(a)))
   }
 
+  /** Hello's part on this node: our advert and a few of our peers out, theirs in. */
+  private helloInit (capacity: CapacityService): HelloInit {
+    return {
+      advert: () => capacity.encodeAdvert(),
+      admit: (from, bytes) => { capacity.admitDirect(from, bytes) },
+      hints: async (to) => {
+        const peers = sample(this.libp2p.getPeers().filter(p => !p.equals(to)), MAX_HELLO_HINTS, Math.random)
+        const hints = await Promise.all(peers.map(async (p): Promise<PeerHint | undefined> => {
+          const addr = (await this.libp2p.peerStore.get(p).catch(() => undefined))?.addresses.map(a => a.multiaddr).find(a => !isRelayed(a) && a.bytes.byteLength <= 64)
+          return addr === undefined ? undefined : { id: p.toMultihash().bytes, addr: addr.bytes }
+        }))
+        return hints.filter((h): h is PeerHint => h !== undefined)
+      },
+      hinted: (_from, hints) => {
+        for (const h of hints) {
+          try {
+            const id = peerIdFromMultihash(Digest.decode(h.id))
+            if (id.equals(this.libp2p.peerId)) continue
+            const addr = multiaddr(h.addr)
+            this.libp2p.peerStore.merge(id, { multiaddrs: [addr] }).then(() => { this.keeper?.offer(id.toString()) }, () => {})
+          } catch {
+            // A malformed hint is only a dial not made.
+          }
+        }
+      },
+      log: this.log
+    }
+  }
+
   /**
    * Remembers a peer's advertised addresses, so a job can dial it by id. The
    * connection keeper decides whether to connect now (connection-keeper.ts).
@@ -601,23 +640,22 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
    * public and merely have dialed us through a relay first), while a public
    * node never dials through a relay: a private peer dials it directly.
    */
-  private dialQuietly (peer: PeerId | undefined, addrs: Multiaddr[]): void {
-    if (this.libp2pNode === undefined || this.libp2pNode.status !== 'started') return
+  private dialQuietly (peer: PeerId | undefined, addrs: Multiaddr[]): Promise<void> {
+    if (this.libp2pNode === undefined || this.libp2pNode.status !== 'started') return Promise.resolve()
     const fail = (err: unknown): void => { this.log.debug({ peer: peer?.toString(), err: errorMessage(err) }, 'dial failed') }
     const signal = AbortSignal.timeout(this.intervalMs * 2)
     if (peer === undefined) {
-      if (addrs.length > 0) this.libp2p.dial(addrs, { signal }).catch(fail)
-      return
+      return addrs.length > 0 ? this.libp2p.dial(addrs, { signal }).then(() => {}, fail) : Promise.resolve()
     }
-    if (this.peerLimits.isBanned(peer.toString())) return
+    if (this.peerLimits.isBanned(peer.toString())) return Promise.resolve()
     const conns = this.libp2p.getConnections(peer)
-    if (conns.some(c => c.limits === undefined && !isRelayed(c.remoteAddr))) return
+    if (conns.some(c => c.limits === undefined && !isRelayed(c.remoteAddr))) return Promise.resolve()
     const privateNode = this.libp2p.services.reachability.reachability === 'private'
-    if (conns.length > 0 && !privateNode) return
+    if (conns.length > 0 && !privateNode) return Promise.resolve()
     const known = addrs.length > 0
       ? Promise.resolve(addrs)
       : this.libp2p.peerStore.get(peer).then(p => p.addresses.map(a => a.multiaddr), () => [] as Multiaddr[])
-    known.then(async (list) => {
+    return known.then(async (list) => {
       const direct = list.filter(a => !isRelayed(a))
       const targets = (privateNode && conns.length === 0 ? list : direct).map(a => a.getComponents().at(-1)?.name === 'p2p' ? a : a.encapsulate(`/p2p/${peer.toString()}`))
       if (targets.length === 0) return
