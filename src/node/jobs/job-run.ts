@@ -318,6 +318,35 @@ export class JobRun {
     }
   }
 
+  /**
+   * The job's tail: nothing waits, `p` is idle, and a copy on a slower peer
+   * is on its own pace (no straggler) but would still finish far later than
+   * a fresh copy here. Backups judged by a copy's own peer never catch a
+   * peer that is slow by design, and at 1,000 shards the last few on slow
+   * peers doubled the makespan (the scale simulator's finding). The run
+   * with the most time to gain, if a copy here gains BACKUP_SLOWDOWN x.
+   */
+  private tailCandidate (p: Participant, startOf: (c: Copy) => number | undefined, expected: (run: ShardRun, c: Copy) => number, now: number): ShardRun | undefined {
+    let best: ShardRun | undefined
+    let gain = 0
+    for (const run of this.runs) {
+      if (run.done || run.copies.size === 0 || run.backups > 0 || run.ran.has(p.peer) || run.needed > 1 || run.spot) continue
+      // The soonest any copy of it should finish.
+      let remaining = Infinity
+      for (const c of run.copies) {
+        const start = startOf(c)
+        const left = expected(run, c) - (start === undefined ? 0 : now - start)
+        remaining = Math.min(remaining, left)
+      }
+      if (!Number.isFinite(remaining) || now - Math.min(...[...run.copies].map(c => c.startedAt)) < BACKUP_MIN_MS) continue
+      const mine = this.pace.estimate(p.peer, run.rec.end - run.rec.start, this.bytesFor(run, this.fixedBytesFor(p))).totalMs
+      if (mine * BACKUP_SLOWDOWN >= remaining || remaining - mine <= gain) continue
+      gain = remaining - mine
+      best = run
+    }
+    return best
+  }
+
   /** Bytes a copy of `run` moves to and from `p`: its slice, and the shared inputs on the peer's first copy. */
   private bytesFor (run: ShardRun, fixedBytes: number): number {
     const cost = this.i.job.plan?.cost
@@ -376,6 +405,7 @@ export class JobRun {
         worst = ratio
         best = run
       }
+      best ??= this.tailCandidate(p, startOf, expected, now)
       if (best === undefined) continue
       best.backups++
       this.c.log.info({ job: this.i.job.id, shard: best.rec.index, peer: p.peer, slowdown: Math.round(worst * 10) / 10 }, 'backup copy started')
@@ -403,7 +433,10 @@ export class JobRun {
     // Transfer at the link's measured rate, with the same margin as compute; unmeasured, at a slow LAN's.
     const link = p.local ? undefined : this.c.links?.measured(p.peer)
     const transferMs = p.local ? 0 : link !== undefined ? bytes / link * 1000 * DEADLINE_FACTOR : bytes / DEADLINE_BYTES_PER_SECOND * 1000
-    const deadlineMs = (units / p.rate) * 1000 * DEADLINE_FACTOR + transferMs + DEADLINE_SLACK_MS
+    // A copy runs on one of the peer's slots: its rate is the bid's whole-peer rate over the slots.
+    // One sent into a full peer waits for a copy ahead of it first.
+    const computeMs = units * Math.max(p.slots, 1) / p.rate * 1000 * (copy.queued ? 2 : 1)
+    const deadlineMs = computeMs * DEADLINE_FACTOR + transferMs + DEADLINE_SLACK_MS
     const timer = setTimeout(() => {
       copy.ctl.abort(new TensormeshError('ERR_SHARD_DEADLINE', `no result within ${Math.round(deadlineMs)} ms (${DEADLINE_FACTOR}x the bid's estimate plus slack)`))
     }, deadlineMs)
