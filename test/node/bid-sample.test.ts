@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { BID_OVERSAMPLE, MAX_JOB_PEERS, bidOrder, candidateWeight, nextRound, wantedPeers } from '../../src/node/jobs/bid-sample.ts'
+import { BID_OVERSAMPLE, BID_ROUNDS, MAX_JOB_PEERS, bidOrder, candidateWeight, gatherBids, nextRound, wantedPeers } from '../../src/node/jobs/bid-sample.ts'
 import type { BidCandidate } from '../../src/node/jobs/bid-sample.ts'
 
 const peer = (i: number, gflops: number, busy = 0): BidCandidate => ({ peerId: `p${i}`, gflops, slots: 4, busy, queued: 0 })
@@ -43,5 +43,36 @@ describe('bid sampling', () => {
     expect(firsts.slow / runs).toBeLessThan(0.087 + 0.08)
     expect(firsts.slow).toBeGreaterThan(0)
     expect(firsts.full / runs).toBeLessThan(0.043 + 0.06)
+  })
+})
+
+describe('gatherBids', () => {
+  const answer = (accept: boolean): { answer: { accept: boolean } } => ({ answer: { accept } })
+
+  it('asks everyone in a directory smaller than the sample, once each', async () => {
+    const cands = Array.from({ length: 5 }, (_, i) => peer(i, 10))
+    const asked: string[] = []
+    const got = await gatherBids(bidOrder(cands, 1), 32, async (c) => { asked.push(c.peerId); return answer(true) }, () => answer(false))
+    expect(asked.sort()).toEqual(cands.map(c => c.peerId).sort())
+    expect(got).toHaveLength(5)
+  })
+
+  it('widens to the next candidates while too few accept, and never asks one twice', async () => {
+    const cands = Array.from({ length: 100 }, (_, i) => peer(i, 10))
+    const asked: string[] = []
+    // Only every tenth candidate accepts.
+    const got = await gatherBids(bidOrder(cands, 7), 4, async (c) => { asked.push(c.peerId); return answer(Number(c.peerId.slice(1)) % 10 === 0) }, () => answer(false))
+    expect(new Set(asked).size).toBe(asked.length)
+    expect(asked.length).toBeGreaterThan((4 + 1 - 1) * BID_OVERSAMPLE) // more than the first round
+    expect(asked.length).toBeLessThanOrEqual(BID_ROUNDS * BID_OVERSAMPLE * 4)
+    expect(got.filter(g => g.answer?.accept === true).length).toBeGreaterThanOrEqual(1)
+  })
+
+  it('does not wait for a candidate that never answers once enough have accepted', async () => {
+    const cands = Array.from({ length: 4 }, (_, i) => peer(i, 10))
+    const never = new Promise<{ answer: { accept: boolean } }>(() => {})
+    const got = await gatherBids(bidOrder(cands, 3), 2, async (c) => c.peerId === 'p0' ? await never : answer(true), (c) => ({ answer: undefined, late: c.peerId }))
+    expect(got).toHaveLength(4)
+    expect(got.filter(g => 'late' in g)).toEqual([{ answer: undefined, late: 'p0' }])
   })
 })

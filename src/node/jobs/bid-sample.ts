@@ -43,7 +43,7 @@ export function wantedPeers (units: number): number {
 export function candidateWeight (c: BidCandidate): number {
   const slots = Math.max(c.slots, 1)
   const free = Math.max(slots - c.busy - c.queued, 0) / slots
-  return Math.max(c.gflops, 1e-3) * (0.05 + 0.95 * free)
+  return Math.max(c.gflops, 1e-9) * (0.05 + 0.95 * free)
 }
 
 /**
@@ -70,21 +70,51 @@ export function nextRound<C extends BidCandidate> (order: C[], asked: Set<string
 }
 
 /**
+ * How long a round waits for its slowest answers once enough peers have
+ * accepted. A dead or overloaded candidate otherwise holds the whole round
+ * for BID_TIMEOUT_MS (3 s), and at scale some candidate of 64 always is
+ * (the simulator's bid phase averaged 2-2.6 s); a live peer on a LAN
+ * answers within a few ms, across a continent within ~150.
+ */
+export const BID_STRAGGLER_MS = 250
+
+/**
  * The coordinator's call for bids over `order`: rounds of `nextRound`, each
  * sized to what is still missing times BID_OVERSAMPLE, until `wanted` peers
  * (the coordinator counts as one) accept, the candidates run out, or
- * BID_ROUNDS rounds have gone. `ask` answers one candidate (a network round
- * trip on a node, a modelled one in the simulator).
+ * BID_ROUNDS rounds have gone. A round ends when every candidate has
+ * answered, or BID_STRAGGLER_MS after `wanted` have accepted; `late` stands
+ * for a candidate that had not answered by then. `ask` answers one
+ * candidate and never rejects (a network round trip on a node, a modelled
+ * one in the simulator).
  */
-export async function gatherBids<C extends BidCandidate, R extends { answer?: { accept: boolean } }> (order: C[], wanted: number, ask: (c: C) => Promise<R>): Promise<R[]> {
+export async function gatherBids<C extends BidCandidate, R extends { answer?: { accept: boolean } }> (order: C[], wanted: number, ask: (c: C) => Promise<R>, late: (c: C) => R): Promise<R[]> {
   const asked = new Set<string>()
   const answers: R[] = []
+  const accepting = (rs: Array<R | undefined>): number => rs.filter(b => b?.answer?.accept === true).length
   for (let round = 0; round < BID_ROUNDS && asked.size < order.length; round++) {
-    const accepted = answers.filter(b => b.answer?.accept === true).length + 1
+    const accepted = accepting(answers) + 1
     if (round > 0 && accepted >= wanted) break
     const batch = nextRound(order, asked, Math.max(wanted + 1 - accepted, 1) * BID_OVERSAMPLE)
     for (const c of batch) asked.add(c.peerId)
-    answers.push(...await Promise.all(batch.map(ask)))
+    const got: Array<R | undefined> = batch.map(() => undefined)
+    await new Promise<void>(resolve => {
+      let left = batch.length
+      let timer: ReturnType<typeof setTimeout> | undefined
+      const check = (): void => {
+        if (left === 0) {
+          clearTimeout(timer)
+          resolve()
+        } else if (timer === undefined && accepted - 1 + accepting(got) + 1 >= wanted) {
+          timer = setTimeout(resolve, BID_STRAGGLER_MS)
+        }
+      }
+      batch.forEach((c, i) => {
+        ask(c).then(r => { got[i] = r }, () => {}).finally(() => { left--; check() })
+      })
+      check()
+    })
+    answers.push(...got.map((r, i) => r ?? late(batch[i] as C)))
   }
   return answers
 }

@@ -4,7 +4,7 @@ import { getOperator } from '../../compute/operators/index.ts'
 import { requestBid } from '../../protocol/bid/index.ts'
 import { planShards, DEFAULT_SHARDS_PER_PEER } from './split.ts'
 import { linkAdjustedRate } from './links.ts'
-import { bidOrder, gatherBids, wantedPeers } from './bid-sample.ts'
+import { BID_STRAGGLER_MS, bidOrder, gatherBids, wantedPeers } from './bid-sample.ts'
 import { SESSION_MAX_PAYLOAD } from '../../protocol/shard/session.ts'
 import type { ShardSessions } from '../../protocol/shard/session.ts'
 import type { LinkMeter } from './links.ts'
@@ -41,7 +41,7 @@ export function isSmallJob (cost: CostModel, shards: Array<{ start: number, end:
 }
 
 /** A job's bid sample draws from a seed of its id: the same job asks the same peers first. */
-function seedOf (id: string): number {
+export function seedOf (id: string): number {
   let h = 2166136261
   for (let i = 0; i < id.length; i++) h = Math.imul(h ^ id.charCodeAt(i), 16777619)
   return h >>> 0
@@ -256,7 +256,8 @@ export class Coordinator {
       }
     }
     // A sample sized by the job, widened while too few accept (bid-sample.ts).
-    const remote = await gatherBids(bidOrder(candidates, seedOf(job.id)), wantedPeers(plan.units), ask)
+    const remote = await gatherBids(bidOrder(candidates, seedOf(job.id)), wantedPeers(plan.units), ask,
+      (c) => ({ peer: c.peerId, error: `no answer within ${BID_STRAGGLER_MS} ms of enough acceptances` }))
     const self = { peer: this.selfId, answer: this.c.bid(req) }
     const all = [self, ...remote]
     job.bids = all.map(b => ({
