@@ -66,6 +66,9 @@ import type { Multiaddr } from '@multiformats/multiaddr'
 
 export const DEFAULT_LISTEN = '/ip4/0.0.0.0/tcp/0'
 
+/** How often libp2p checks a quiet connection with a ping (its default: 10 s). */
+export const CONNECTION_PING_INTERVAL_MS = 60_000
+
 /**
  * How often to re-dial bootstrap peers and advertised peers we are not
  * connected to. Once per advert interval: a new peer is dialled as soon as
@@ -249,6 +252,11 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
         connectionGater: this.gate.gater(),
         // The keeper bounds connections outside jobs; libp2p's own cap only has to leave room for jobs above it.
         connectionManager: { maxConnections: Math.max(300, this.connectionBounds.max + 256) },
+        // libp2p pings every connection every 10 s (a ping stream: ~600 B both ways with its
+        // multistream negotiation); at 30 connections that alone was ~1.8 KB/s per node. A
+        // crashed peer's connection closes at once anyway (its host resets it), a vanished
+        // host's at the next ping or a job's first stream, and its advert expires.
+        connectionMonitor: { pingInterval: CONNECTION_PING_INTERVAL_MS },
         connectionEncrypters: [noise()],
         streamMuxers: [yamux()],
         peerDiscovery: this.init.mdns === true ? [mdns()] : [],
