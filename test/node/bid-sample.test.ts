@@ -70,9 +70,10 @@ describe('gatherBids', () => {
 
   it('does not wait for a candidate that never answers once enough have accepted', async () => {
     const cands = Array.from({ length: 4 }, (_, i) => peer(i, 10))
-    const never = new Promise<{ answer: { accept: boolean } }>(() => {})
-    const got = await gatherBids(bidOrder(cands, 3), 2, async (c) => c.peerId === 'p0' ? await never : answer(true), (c) => ({ answer: undefined, late: c.peerId }))
+    type Answer = { answer?: { accept: boolean }, late?: string }
+    const never = new Promise<Answer>(() => {})
+    const got = await gatherBids(bidOrder(cands, 3), 2, async (c): Promise<Answer> => c.peerId === 'p0' ? await never : answer(true), (c): Answer => ({ late: c.peerId }))
     expect(got).toHaveLength(4)
-    expect(got.filter(g => 'late' in g)).toEqual([{ answer: undefined, late: 'p0' }])
+    expect(got.filter(g => g.late !== undefined)).toEqual([{ late: 'p0' }])
   })
 })
