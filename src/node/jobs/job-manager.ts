@@ -427,7 +427,8 @@ export class JobManager {
     const smallest = req.bytesInFixed + req.bytesInPerUnit
     if (smallest > this.init.limits.maxShardBytes) return decline(`one unit needs ${Math.round(smallest)} bytes of inputs, more than this node's ${this.init.limits.maxShardBytes}-byte shard limit`)
     // Whole-pool rate: all slots at once. A unit with no flops (pure data movement) still costs something.
-    const unitsPerSecond = Math.max(pool.gflops, 0.1) * 1e9 / Math.max(req.flopsPerUnit, 1e3)
+    // The pool's own calibrated rate however slow: the floor only keeps an uncalibrated 0 from bidding nothing.
+    const unitsPerSecond = Math.max(pool.gflops, 1e-9) * 1e9 / Math.max(req.flopsPerUnit, 1e3)
     const slots = Math.max(pool.slots, 1)
     return {
       accept: true,
