@@ -24,6 +24,7 @@ import { createLogger, silentLogger } from '../src/node/log.ts'
 import { readSwarmKey, writeSwarmKey } from '../src/node/access/index.ts'
 import { MeshNode } from '../src/node/mesh-node.ts'
 import { Testnet, log, median, randomTensor, runJob, sleep, startCli } from './bench/lib.ts'
+import { BENCH_ADVERT_INTERVAL_MS, benchScale, saveScaleRecords, writeScaleCalibration } from './bench/scale.ts'
 import { EXAMPLE_PHOTOS, writeExampleModels, writeExamplePhotos } from './examples-models.ts'
 import { packImages } from '../src/compute/images.ts'
 import { packModel, readModelDir } from '../src/compute/model.ts'
@@ -49,8 +50,8 @@ function record (f: Figure): void {
 }
 const round = (x: number): number => Math.abs(x) >= 100 ? Math.round(x) : Math.round(x * 100) / 100
 
-const { values } = parseArgs({ options: { only: { type: 'string' }, 'fault-rows': { type: 'string' } } })
-const sections = values.only?.split(',') ?? ['compute', 'pool', 'mesh', 'overhead', 'transfer', 'trust', 'convergence', 'faults', 'scaling', 'images', 'train']
+const { values } = parseArgs({ options: { only: { type: 'string' }, 'fault-rows': { type: 'string' }, 'scale-sizes': { type: 'string' } } })
+const sections = values.only?.split(',') ?? ['compute', 'pool', 'mesh', 'overhead', 'transfer', 'trust', 'convergence', 'faults', 'scaling', 'images', 'train', 'scale']
 const started = Date.now()
 
 // ---------------------------------------------------------------- compute
@@ -741,7 +742,23 @@ async function trainSection (): Promise<void> {
   record({ section: 'train', name: 'coordinator bytes per round, butterfly, 3 nodes', value: fly3.perRound, unit: 'B', baseline: { name: '2 nodes', value: fly2.perRound, unit: 'B' }, ratio: fly3.perRound / Math.max(1, fly2.perRound), goal: 'equal within 10% (coordinator outside the group); (k - 1)/k of a vector each way with it inside', note: `ratio = 3 nodes / 2 nodes; the coordinator is a member, so its own part stays home: 1/2 then 2/3 of a vector each way, bounded by 1; samples/s butterfly ${round(fly2.rate)} vs star ${round(twoLocal.rate)} on 2 nodes` })
 }
 
+/** Hundreds of real nodes in this process (scripts/bench/scale.ts); records into bench/scale.json for the report and the simulator. */
+async function scaleSection (): Promise<void> {
+  const sizes = (values['scale-sizes'] ?? '25,50,100,200').split(',').map(Number)
+  const records = await benchScale(sizes, log)
+  await saveScaleRecords(records, new URL('../bench/scale.json', import.meta.url))
+  await writeScaleCalibration(records, new URL('../bench/scale-calibration.json', import.meta.url))
+  for (const r of records) {
+    record({ section: 'scale', name: `${r.n} nodes (${r.regime} regime): control bytes in per node`, value: r.controlBytesPerNodePerSec, unit: 'B/s', goal: '<= 2 KB/s at 10,000 (simulated)', note: `advert interval ${BENCH_ADVERT_INTERVAL_MS / 1000} s in this bench; ${r.advertsHeardPerNodePerSec} adverts/s heard per node` })
+    record({ section: 'scale', name: `${r.n} nodes: connections per node outside jobs (max ${r.connectionsMax})`, value: r.connectionsPerNode, unit: 'peers', goal: '<= 64' })
+    record({ section: 'scale', name: `${r.n} nodes: bid requests for a job of ${r.shardsPerJob} shards`, value: r.bidsPerJob, unit: 'requests', goal: '<= 4 x S, not growing with N' })
+    record({ section: 'scale', name: `${r.n} nodes: makespan of a ${r.shardsPerJob}-shard job`, value: r.makespanMs, unit: 'ms', baseline: { name: 'ideal: work / capacity of the peers that accepted', value: r.idealMs, unit: 'ms' }, ratio: r.makespanRatio, goal: '<= 1.2x' })
+    record({ section: 'scale', name: `${r.n} nodes: a newcomer usable (it and 3 others know each other)`, value: r.newcomerUsableMs, unit: 'ms' })
+  }
+}
+
 const run: Record<string, () => Promise<void>> = {
+  scale: scaleSection,
   compute: computeSection, pool: poolSection, mesh: meshSection, overhead: overheadSection, transfer: transferSection, trust: trustSection, convergence: convergenceSection, faults: faultsSection, scaling: scalingSection, images: imagesSection, train: trainSection
 }
 for (const s of sections) {
