@@ -17,7 +17,7 @@ import { ExecutorPool } from '../compute/index.ts'
 import { InvalidInputError, NotFoundError, errorMessage } from '../errors.ts'
 import { decodeNpy } from '../compute/npy.ts'
 import { registerBidHandler, BID_PROTOCOL } from '../protocol/bid/index.ts'
-import { CAPACITY_TOPIC, CapacityService, EXPIRY_INTERVALS, GOSSIP_D, GOSSIP_D_HI, GOSSIP_D_LAZY, GOSSIP_D_LO, capacityScoreParams, capacityScoreThresholds, entryExpiryMs } from '../protocol/capacity/index.ts'
+import { CAPACITY_TOPIC, CapacityService, EXPIRY_INTERVALS, GOSSIP_D, GOSSIP_D_HI, GOSSIP_D_LAZY, GOSSIP_D_LO, GOSSIP_FACTOR, capacityScoreParams, capacityScoreThresholds, entryExpiryMs } from '../protocol/capacity/index.ts'
 import { MAX_HELLO_HINTS, registerHelloHandler, sayHello } from '../protocol/hello/index.ts'
 import type { HelloInit, PeerHint } from '../protocol/hello/index.ts'
 import { DEFAULT_WIRE_LIMITS } from '../protocol/limits.ts'
@@ -293,6 +293,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
             Dlo: GOSSIP_D_LO,
             Dhi: GOSSIP_D_HI,
             Dlazy: GOSSIP_D_LAZY,
+            gossipFactor: GOSSIP_FACTOR,
             // Rejected adverts cost their sender score, so a peer sending garbage is graylisted (loopback and the testnet range excepted from IP colocation).
             scoreParams: capacityScoreParams(),
             scoreThresholds: capacityScoreThresholds()

@@ -20,7 +20,7 @@ export { validateAdvert, MAX_CLOCK_SKEW_MS } from './validate.ts'
 export { CAPACITY_TOPIC } from './topic.ts'
 export { capacityScoreParams, capacityTopicScoreParams, capacityScoreThresholds, SubnetSet, COLOCATION_WHITELIST, INVALID_ADVERT_WEIGHT, INVALID_ADVERT_HALF_LIFE_MS, GOSSIP_THRESHOLD, PUBLISH_THRESHOLD, GRAYLIST_THRESHOLD, CAPACITY_TOPIC_SCORE_CAP } from './score.ts'
 export type { PeerCapacity, RejectReason, AdvertVerdict } from './validate.ts'
-export { FULL_DIRECTORY_MAX, SAMPLED_ENTER, SAMPLED_ADVERTS_PER_SEC, GOSSIP_D, GOSSIP_D_LO, GOSSIP_D_HI, GOSSIP_D_LAZY, SAMPLE_WINDOW_MS, MeshSizeEstimator, entryExpiryMs, impliedEstimate, meanGapMs, publishProbability, publishesEveryTick, regimeFor } from './sampling.ts'
+export { FULL_DIRECTORY_MAX, SAMPLED_ENTER, SAMPLED_ADVERTS_PER_SEC, GOSSIP_D, GOSSIP_D_LO, GOSSIP_D_HI, GOSSIP_D_LAZY, GOSSIP_FACTOR, SAMPLE_WINDOW_MS, MeshSizeEstimator, entryExpiryMs, impliedEstimate, meanGapMs, publishProbability, publishesEveryTick, regimeFor } from './sampling.ts'
 export type { AdvertRegime, AuthorRate } from './sampling.ts'
 
 /**

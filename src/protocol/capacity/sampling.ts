@@ -57,6 +57,13 @@ export const GOSSIP_D_LO = 3
 export const GOSSIP_D_HI = 8
 /** Peers each heartbeat's IHAVE gossip goes to (libp2p: 6). */
 export const GOSSIP_D_LAZY = 3
+/**
+ * Share of the non-mesh peers that get IHAVE gossip besides (libp2p: 0.25,
+ * which at 30 connections is ~7 peers a heartbeat, ~40% of a quiet node's
+ * traffic in the bench). 0: exactly GOSSIP_D_LAZY. A publisher floods its
+ * own advert to every topic peer, so gossip only repairs the rare loss.
+ */
+export const GOSSIP_FACTOR = 0
 
 /**
  * How long a sampled advert stays in the directory: long enough that the
