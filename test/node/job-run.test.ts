@@ -146,6 +146,21 @@ describe('job dispatch', () => {
     sim.stop()
   })
 
+  it("in the tail, an idle fast peer backs up a slow peer's copy that keeps its own pace, when that saves over a second", async () => {
+    // The split gives 'slow' its share for its rate: ~1.3 s of work, on pace all along.
+    const sim = simulate([participant(SELF, 1, 2000), participant('slow', 1, 250)], 1, 100)
+    await vi.advanceTimersByTimeAsync(200)
+    const shard = sim.job.shards.find(s => s.history[0]?.peer === 'slow')
+    // Not a straggler (it is not late for its peer), so only the tail rule can start this.
+    await vi.advanceTimersByTimeAsync(300)
+    expect(shard?.history.map(h => h.kind)).toEqual(['first', 'backup'])
+    await vi.advanceTimersByTimeAsync(500)
+    await sim.check()
+    expect(shard?.peer).toBe(SELF)
+    expect(sim.pending.find(p => p.peer === 'slow')?.signal.aborted).toBe(true)
+    sim.stop()
+  })
+
   it('a peer over its limit is sent fewer shards at once, not dropped; at one at a time, a refusal counts as its failure', async () => {
     const b: Participant = { ...participant('b', 1, 20_000), limit: 3 }
     const sim = simulate([participant(SELF, 1, 20_000), b], 4, 100)

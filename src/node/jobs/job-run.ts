@@ -47,6 +47,14 @@ export const BACKUP_SLOWDOWN = 1.5
 /** Shards over its in-flight limit a peer may be given to restart a failed shard at once. */
 export const RETRY_OVERCOMMIT = 1
 
+/**
+ * A tail backup (a copy on a slower peer, on its own pace) must save at
+ * least this much: below it the work thrown away on the slow peer costs
+ * more than the time won, and a copy that is slower only by its transfer is
+ * left alone.
+ */
+export const TAIL_MIN_GAIN_MS = 1000
+
 /** Never back up a shard younger than this: for tiny shards a copy costs more than waiting. */
 export const BACKUP_MIN_MS = 300
 /** How often stragglers are looked for while copies run. */
@@ -340,7 +348,7 @@ export class JobRun {
       }
       if (!Number.isFinite(remaining) || now - Math.min(...[...run.copies].map(c => c.startedAt)) < BACKUP_MIN_MS) continue
       const mine = this.pace.estimate(p.peer, run.rec.end - run.rec.start, this.bytesFor(run, this.fixedBytesFor(p))).totalMs
-      if (mine * BACKUP_SLOWDOWN >= remaining || remaining - mine <= gain) continue
+      if (mine * BACKUP_SLOWDOWN >= remaining || remaining - mine < TAIL_MIN_GAIN_MS || remaining - mine <= gain) continue
       gain = remaining - mine
       best = run
     }
