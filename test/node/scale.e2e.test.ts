@@ -101,7 +101,9 @@ describe(`a ${N}-node mesh with connection bounds ${BOUNDS.min}..${BOUNDS.max}`,
       // Missed by the first round: the later rounds found them, and they ran shards.
       expect(asked.length).toBeGreaterThan(firstRound)
       expect(job.shards.some(s => s.peer !== undefined && acceptors.has(s.peer))).toBe(true)
-      expect(job.bids.filter(b => !b.accept).every(b => b.reason?.includes('shard limit'))).toBe(true)
+      // Every decline is the decliners' shard limit, or (on a loaded machine) an answer that came too late.
+      const reasons = job.bids.filter(b => !b.accept).map(b => b.reason ?? '')
+      expect(reasons.filter(r => !r.includes('shard limit') && !r.startsWith('no answer'))).toEqual([])
       return
     }
     throw new Error('25 jobs in a row found an acceptor in their first round (chance about 1e-7)')
