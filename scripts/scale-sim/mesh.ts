@@ -26,6 +26,7 @@ import { FULL_DIRECTORY_MAX, publishProbability } from '../../src/protocol/capac
 import { validateAdvert } from '../../src/protocol/capacity/validate.ts'
 import { PeerDirectory } from '../../src/node/peer-directory.ts'
 import { ConnectionKeeper, sample } from '../../src/node/connection-keeper.ts'
+import { MAX_HELLO_HINTS } from '../../src/protocol/hello/index.ts'
 import { silentLogger } from '../../src/node/log.ts'
 import { TensormeshError } from '../../src/errors.ts'
 import { prng } from '../../src/compute/random.ts'
@@ -717,6 +718,10 @@ export class Mesh {
     listener.capacity.admitDirect(dialer.peerId, dialer.capacity.encodeAdvert())
     dialer.capacity.admitDirect(listener.peerId, listener.capacity.encodeAdvert())
     if (this.measuring) this.stats.hellos += 2
+    // Each side names up to MAX_HELLO_HINTS of its other peers; the keeper dials those before directory peers.
+    for (const [from, to] of [[listener, dialer], [dialer, listener]] as const) {
+      for (const id of sample([...from.links.keys()].filter(id => id !== to.id), MAX_HELLO_HINTS, this.random)) to.keeper.offer(id)
+    }
     const evt = new CustomEvent('subscription-change', { detail: { subscriptions: [{ topic: CAPACITY_TOPIC, subscribe: true }] } })
     dialer.pubsub.onSubscription?.(evt)
     listener.pubsub.onSubscription?.(evt)
