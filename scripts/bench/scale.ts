@@ -238,7 +238,8 @@ export async function benchScale (sizes: number[], log: (msg: string) => void): 
         makespanRatio: round2(makespanMs / idealMs),
         jobsLost: lost,
         advertsHeardPerNodePerSec: round2(mean(heard)),
-        advertBytes: Math.round(mean(infos.map(a => a.lastAdvertBytes))),
+        // Nodes the sampled regime has not picked yet have published nothing: count those that have.
+        advertBytes: Math.round(mean(infos.map(a => a.lastAdvertBytes).filter(b => b > 0))),
         regime: sampled > n / 2 ? 'sampled' : 'full',
         meshEstimate: Math.round(mean(infos.map(a => a.meshEstimate))),
         newcomerUsableMs: Math.round(usableMs),
