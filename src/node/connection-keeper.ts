@@ -239,11 +239,6 @@ export class ConnectionKeeper {
     }, () => {}).finally(() => { this.pending.delete(peer) })
   }
 
-  /** Marks a peer as in use by a job now (callers that hold no stream, e.g. between rounds). */
-  touch (peer: string): void {
-    this.lastJobUse.set(peer, performance.now())
-  }
-
   info (): ConnectionInfo {
     const { min, max, idleMs } = this.i.bounds
     return { min, max, idleMs, peers: this.i.libp2p.getPeers().length, outsideJobs: this.outsideJobs, dialed: this.dialed, closed: this.closed }

@@ -160,8 +160,8 @@ export class CapacityService implements Startable {
     const now = performance.now()
     const priors = [...this.priors.values()].sort((a, b) => a - b)
     const prior = priors.length > 0 ? priors[Math.floor(priors.length / 2)] ?? 0 : 0
-    const heard = this.estimator.estimate(now, prior)
-    return this.counters.regime === 'full' ? Math.max(heard, this.components.directory.size + 1) : heard
+    const fromAdverts = this.estimator.estimate(now, prior)
+    return this.counters.regime === 'full' ? Math.max(fromAdverts, this.components.directory.size + 1) : fromAdverts
   }
 
   /** The regime and publish probability for the next tick, from the current estimate. */
