@@ -37,6 +37,9 @@ describe('GET /metrics on a three-node mesh', () => {
   const api = (i: number): string => nodes[i]?.apiUrl ?? ''
 
   it('is Prometheus text with the mesh, advert, executor and event-loop families', async () => {
+    // Hello fills the directories before any gossiped advert: wait for node 0's first tick to go out and one to come in.
+    const counters = (): { published: number, accepted: number } => nodes[0]?.info().adverts ?? { published: 0, accepted: 0 }
+    while (counters().published === 0 || counters().accepted === 0) await new Promise(resolve => setTimeout(resolve, 50))
     const { scrape: m, contentType } = await scrape(api(0))
     expect(contentType).toMatch(/^text\/plain; version=0\.0\.4/)
     expect(m.family('tensormesh_peers').type).toBe('gauge')
