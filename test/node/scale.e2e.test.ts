@@ -92,20 +92,25 @@ describe(`a ${N}-node mesh with connection bounds ${BOUNDS.min}..${BOUNDS.max}`,
     const acceptors = new Set(nodes.slice(1, N - DECLINERS).map(n => n.peerId.toString()))
     const x = hostTensor('float32', [3, COLS], new Float32Array(3 * COLS).fill(1))
     const firstRound = (wantedPeers(3) + 1 - 1) * BID_OVERSAMPLE
-    // The first round is a random draw: about half of all jobs find no acceptor in it.
+    // The first round is a random draw: about half of all jobs find no acceptor in it, and of
+    // those about one in eleven finds none in the later rounds either (3 acceptors among the 23
+    // peers not asked first, 12 more asked): such a job runs on the coordinator alone.
     for (let attempt = 0; attempt < 25; attempt++) {
       const job = coord.submit({ op: 'map', inputs: { x }, params: { ops: [{ op: 'relu' }] } })
       await job.result()
       const asked = job.bids.slice(1).map(b => b.peer)
       if (asked.slice(0, firstRound).some(p => acceptors.has(p))) continue
-      // Missed by the first round: the later rounds found them, and they ran shards.
+      // Missed by the first round: the job widened past it.
       expect(asked.length).toBeGreaterThan(firstRound)
-      expect(job.shards.some(s => s.peer !== undefined && acceptors.has(s.peer))).toBe(true)
       // Every decline is the decliners' shard limit, or (on a loaded machine) an answer that came too late.
       const reasons = job.bids.filter(b => !b.accept).map(b => b.reason ?? '')
       expect(reasons.filter(r => !r.includes('shard limit') && !r.startsWith('no answer'))).toEqual([])
+      const found = job.bids.slice(1).filter(b => b.accept && acceptors.has(b.peer))
+      if (found.length === 0) continue
+      // The later rounds found acceptors, and they ran shards.
+      expect(job.shards.some(s => s.peer !== undefined && found.some(b => b.peer === s.peer))).toBe(true)
       return
     }
-    throw new Error('25 jobs in a row found an acceptor in their first round (chance about 1e-7)')
+    throw new Error('25 jobs in a row either found an acceptor in their first round or none at all (chance about 1e-6)')
   })
 })
