@@ -76,6 +76,13 @@ export const CONNECTION_PING_INTERVAL_MS = 60_000
  */
 const CONNECTIVITY_CHECK_INTERVALS = 1
 
+/**
+ * The first retry of a failed bootstrap dial; each next one waits twice as
+ * long, until the connectivity check's interval takes over. A testnet starts
+ * its nodes together, so the first one may not listen yet when the others dial.
+ */
+const BOOTSTRAP_RETRY_MS = 100
+
 type Services = { pubsub: GossipSub, identify: Identify, ping: Ping, reachability: ReachabilityService, relay?: CircuitRelayService }
 
 /**
@@ -135,7 +142,10 @@ export interface NodeInfo {
   storage: StorageInfo | null
 }
 
-export type MeshNodeEvents = PeerDirectoryEvents
+export type MeshNodeEvents = PeerDirectoryEvents & {
+  /** libp2p listens (its addresses are final); the workers may still be calibrating, so the node is not ready yet. */
+  listening: CustomEvent<string[]>
+}
 
 export const VERSION = '0.1.0'
 
@@ -156,6 +166,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
   private api?: ApiServer
   private startedAt = 0
   private connectivityTimer?: NodeJS.Timeout
+  private bootstrapTimer?: NodeJS.Timeout
   private readonly bootstrap: Multiaddr[]
   private readonly listen: string[]
   private readonly intervalMs: number
@@ -300,6 +311,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
           })
         }
       }).catch((err: unknown) => { throw listenError(err, this.listen) })
+      this.safeDispatchEvent('listening', { detail: this.multiaddrs() })
 
       // libp2p reports a peer as discovered for mDNS and whenever its peer store first hears of it
       // (the addresses in an advert): the keeper dials it only while its own set is short.
@@ -412,7 +424,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
       // Only now is every journaled job back, so only now can the store tell which blobs nothing names.
       this.blobs.useReferences(() => jobs.blobsInUse())
 
-      for (const addr of this.bootstrap) this.dialQuietly(undefined, [addr])
+      this.dialBootstrap(BOOTSTRAP_RETRY_MS)
       this.connectivityTimer = setInterval(() => { this.repairConnectivity() }, this.intervalMs * CONNECTIVITY_CHECK_INTERVALS)
       this.connectivityTimer.unref()
 
@@ -431,6 +443,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
   /** Ordered shutdown: stop taking requests, stop advertising, close peers, then compute. */
   async stop (): Promise<void> {
     clearInterval(this.connectivityTimer)
+    clearTimeout(this.bootstrapTimer)
     this.keeper?.stop()
     await this.api?.stop()
     this.jobManager?.stop()
@@ -672,14 +685,29 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
     }).catch(fail)
   }
 
-  private repairConnectivity (): void {
+  /** The bootstrap addresses this node has no connection to. */
+  private unconnectedBootstrap (): Multiaddr[] {
     const connected = new Set(this.libp2p.getConnections().map(c => c.remoteAddr.toString()))
-    for (const addr of this.bootstrap) {
+    return this.bootstrap.filter(addr => {
       const peer = addr.getComponents().find(c => c.name === 'p2p')?.value
-      if (peer !== undefined ? this.libp2p.getConnections(peerIdFromString(peer)).length === 0 : !connected.has(addr.toString())) {
-        this.dialQuietly(undefined, [addr])
-      }
-    }
+      return peer !== undefined ? this.libp2p.getConnections(peerIdFromString(peer)).length === 0 : !connected.has(addr.toString())
+    })
+  }
+
+  /** Dials the bootstrap peers, and again after `delayMs` (doubling) while none answers, up to the connectivity check's interval. */
+  private dialBootstrap (delayMs: number): void {
+    const missing = this.unconnectedBootstrap()
+    if (missing.length === 0) return
+    void Promise.all(missing.map(async addr => { await this.dialQuietly(undefined, [addr]) })).then(() => {
+      if (this.libp2pNode?.status !== 'started' || delayMs >= this.intervalMs * CONNECTIVITY_CHECK_INTERVALS) return
+      if (this.unconnectedBootstrap().length < this.bootstrap.length) return
+      this.bootstrapTimer = setTimeout(() => { this.dialBootstrap(delayMs * 2) }, delayMs)
+      this.bootstrapTimer.unref()
+    })
+  }
+
+  private repairConnectivity (): void {
+    for (const addr of this.unconnectedBootstrap()) this.dialQuietly(undefined, [addr])
     // Directory peers are the keeper's: it dials up to its bounds, not every peer.
   }
 }
