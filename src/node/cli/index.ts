@@ -500,6 +500,8 @@ async function runStart (values: Values): Promise<number | undefined> {
   process.on('SIGTERM', () => { shutdown('SIGTERM') })
   // Started by `testnet`: when the parent goes (even by SIGKILL) the IPC channel closes.
   if (process.send !== undefined) process.on('disconnect', () => { shutdown('parent gone') })
+  // The testnet starts the other nodes as soon as the first listens, not once it is ready.
+  node.addEventListener('listening', (evt) => { process.send?.({ type: 'listening', peerId: node.peerId.toString(), multiaddrs: evt.detail }) })
 
   await node.start()
   for (const notice of notices) node.log.warn(notice)

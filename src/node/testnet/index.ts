@@ -60,6 +60,7 @@ export interface TestnetMember {
 }
 
 type ChildMessage =
+  | { type: 'listening', peerId: string, multiaddrs: string[] }
   | { type: 'ready', peerId: string, multiaddrs: string[], api: string, token: string | null }
   | { type: 'peers', count: number }
 
@@ -67,6 +68,8 @@ interface Child {
   index: number
   proc: ChildProcess
   ready: Promise<TestnetMember>
+  /** Its libp2p addresses, as soon as it listens (before its workers are ready). */
+  listening: Promise<string[]>
   peers: number
   exited: boolean
 }
@@ -127,10 +130,13 @@ export async function runTestnet (init: TestnetInit): Promise<number | undefined
     const cpu = taskset === undefined ? undefined : cpus[index % cpus.length]
     const command = [...(where?.prefix ?? []), ...(taskset === undefined ? [] : [taskset, '-c', String(cpu)]), process.execPath, ...process.execArgv, BIN, ...args]
     const proc = spawn(command[0] ?? process.execPath, command.slice(1), { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] })
-    const child: Child = { index, proc, peers: 0, exited: false, ready: Promise.resolve() as unknown as Promise<TestnetMember> }
+    let listened: (addrs: string[]) => void = () => {}
+    const child: Child = { index, proc, peers: 0, exited: false, ready: Promise.resolve() as unknown as Promise<TestnetMember>, listening: new Promise(resolve => { listened = resolve }) }
     child.ready = new Promise<TestnetMember>((resolve, reject) => {
       proc.on('message', (msg: ChildMessage) => {
+        if (msg.type === 'listening') listened(msg.multiaddrs)
         if (msg.type === 'ready') {
+          listened(msg.multiaddrs)
           resolve({
             index, peerId: msg.peerId, api: msg.api, pid: proc.pid ?? 0, multiaddrs: msg.multiaddrs, token: msg.token,
             ...(where === undefined ? {} : { netns: where.netns, ip: where.ip, nat: where.nat }),
@@ -200,8 +206,11 @@ export async function runTestnet (init: TestnetInit): Promise<number | undefined
 
   try {
     await network?.create()
-    const first = await spawnNode(firstIndex, []).ready
-    const boot = first.multiaddrs.find(a => a.includes(`/ip4/${first.ip ?? '127.0.0.1'}/`)) ?? first.multiaddrs[0]
+    // The others start once the first listens: its workers calibrate meanwhile, and theirs with it.
+    const firstChild = spawnNode(firstIndex, [])
+    const firstAddrs = await Promise.race([firstChild.listening, firstChild.ready.then(m => m.multiaddrs)])
+    const firstIp = place(firstIndex)?.ip ?? '127.0.0.1'
+    const boot = firstAddrs.find(a => a.includes(`/ip4/${firstIp}/`)) ?? firstAddrs[0]
     if (boot === undefined) throw new Error(`node ${firstIndex} reported no listen address`)
     for (let i = 0; i < init.nodes; i++) if (i !== firstIndex) spawnNode(i, [boot])
     const members = (await Promise.all(children.map(async c => await c.ready))).sort((a, b) => a.index - b.index)
