@@ -4,13 +4,13 @@
 // Node 22 (the `node` package) first on PATH for `npx` and `npm run`; when this
 // file is started by an older system node directly, hand over to that binary.
 import { spawn } from 'node:child_process'
-import { createRequire } from 'node:module'
+import * as nodeModule from 'node:module'
 import { dirname, join, sep } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 const major = Number(process.versions.node.split('.')[0])
 if (major < 22) {
-  const require = createRequire(import.meta.url)
+  const require = nodeModule.createRequire(import.meta.url)
   let node22
   try {
     node22 = join(dirname(require.resolve('node/package.json')), 'bin', 'node')
@@ -25,6 +25,9 @@ if (major < 22) {
   // A checkout runs its TypeScript as it is; Node strips no types under node_modules,
   // so an installed package runs the JavaScript that `npm pack` built into dist/.
   const installed = fileURLToPath(import.meta.url).split(sep).includes('node_modules')
+  // V8's compiled code for the ~900 modules a node loads, kept on disk between starts
+  // (Node's default folder under the OS temp dir): about 0.1 s less CPU per start.
+  nodeModule.enableCompileCache?.()
   const { main } = await import(installed ? '../dist/node/cli/index.js' : '../src/node/cli/index.ts')
   await main(process.argv.slice(2))
 }
