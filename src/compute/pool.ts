@@ -145,8 +145,9 @@ function sharedView (data: TensorData): TensorData {
 /**
  * Inputs as they will cross to the worker: arrays the caller lets us move
  * and that own their buffer go as they are; large shared inputs go in
- * shared memory (sharedView); anything else is copied now, so after run()
- * returns the pool never reads the caller's arrays again.
+ * shared memory (sharedView); arrays on shared memory already go as they
+ * are; anything else is copied now, so after run() returns the pool never
+ * reads the caller's arrays again.
  */
 function prepareInputs (inputs: Tensors, transfer: boolean, shared: readonly string[] = []): { inputs: Tensors, transfer: ArrayBuffer[] } {
   const out: Tensors = {}
@@ -156,6 +157,12 @@ function prepareInputs (inputs: Tensors, transfer: boolean, shared: readonly str
     // `detached` is ES2024 (Node 22 has it; the configured lib does not type it).
     if ((data.buffer as { detached?: boolean }).detached === true) {
       throw new InvalidInputError(`input '${name}' was transferred away already (its buffer is detached); run tensors that other tasks share with transfer: false`, 'ERR_DETACHED_INPUT')
+    }
+    // Already shared memory (a received shard's reused buffer): the worker reads it where it is.
+    // The caller keeps it intact until run() settles.
+    if (data.buffer instanceof SharedArrayBuffer) {
+      out[name] = { dtype: t.dtype, shape: [...t.shape], data }
+      continue
     }
     if (shared.includes(name) && data.byteLength >= SHARED_MEMORY_MIN_BYTES) {
       out[name] = { dtype: t.dtype, shape: [...t.shape], data: sharedView(data) }

@@ -43,6 +43,7 @@ import type { InputRef } from './api/job-request.ts'
 import type { IncomingShard, ShardTransport } from '../protocol/shard/index.ts'
 import { ApiServer } from './api/server.ts'
 import { loadOrCreateKey, prepareDataDir } from './keys.ts'
+import { ReceiveBuffers } from '../protocol/receive-buffers.ts'
 import { AccessGate, installPnetCipherFix, loadOrCreateApiToken } from './access/index.ts'
 import type { RefusalReason } from './access/index.ts'
 import { NodeMetrics } from './metrics.ts'
@@ -167,6 +168,8 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
   private startedAt = 0
   private connectivityTimer?: NodeJS.Timeout
   private bootstrapTimer?: NodeJS.Timeout
+  /** Reused memory for large shard inputs this node serves (receive-buffers.ts). */
+  readonly receiveBuffers = new ReceiveBuffers()
   private readonly bootstrap: Multiaddr[]
   private readonly listen: string[]
   private readonly intervalMs: number
@@ -385,6 +388,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
         bulkPortOf,
         guard: this.peerLimits,
         admit: (from) => jobs.admitShard(from),
+        receiveBuffers: this.receiveBuffers,
         resolve: async (refs, from) => {
           const tensors: Tensors = {}
           const blobs: Record<string, Uint8Array> = {}

@@ -13,6 +13,7 @@ import { CHUNK_BYTES, MAX_RANK } from './limits.ts'
 import type { HostTensor } from '../compute/tensor.ts'
 import type { Tensors } from '../compute/operators/types.ts'
 import type { WireLimits } from './limits.ts'
+import type { ReceiveBuffers } from './receive-buffers.ts'
 import type { AbortOptions } from '@libp2p/interface'
 import type { LengthPrefixedStream } from '@libp2p/utils'
 
@@ -84,17 +85,28 @@ export async function writeTensorBytes (lp: LengthPrefixedStream, tensors: HostT
  * Reads the bytes for tensors already described and checked. Each frame must
  * be at most CHUNK_BYTES and no frame may run past the declared total.
  */
-/** Allocates tensors for checked descriptors; `targets` are their bytes, in order. */
-export function allocateTensors (descs: TensorDesc[], limits: WireLimits, what: string): { tensors: Tensors, targets: Uint8Array[], bytes: number } {
+/**
+ * Allocates tensors for checked descriptors; `targets` are their bytes, in
+ * order. With `memory`, all of them are views of one reused shared buffer,
+ * and `release` gives it back (call it once nothing reads the tensors).
+ */
+export function allocateTensors (descs: TensorDesc[], limits: WireLimits, what: string, memory?: ReceiveBuffers): { tensors: Tensors, targets: Uint8Array[], bytes: number, release: () => void } {
   const sizes = checkDescs(descs, limits, what)
   const tensors: Tensors = {}
   const targets: Uint8Array[] = []
+  const bytes = sizes.reduce((a, b) => a + b, 0)
+  // Every element type here is 4 bytes, so views packed end to end stay aligned.
+  const lease = memory?.take(bytes)
+  let offset = 0
   for (const d of descs) {
-    const data = allocate(d.dtype as HostTensor['dtype'], sizeOf(d.shape))
-    tensors[d.name] = { dtype: d.dtype as HostTensor['dtype'], shape: d.shape, data }
+    const dtype = d.dtype as HostTensor['dtype']
+    const n = sizeOf(d.shape)
+    const data = lease === undefined ? allocate(dtype, n) : dtype === 'float32' ? new Float32Array(lease.buffer, offset, n) : new Int32Array(lease.buffer, offset, n)
+    offset += data.byteLength
+    tensors[d.name] = { dtype, shape: d.shape, data }
     targets.push(new Uint8Array(data.buffer, data.byteOffset, data.byteLength))
   }
-  return { tensors, targets, bytes: sizes.reduce((a, b) => a + b, 0) }
+  return { tensors, targets, bytes, release: lease?.release ?? (() => {}) }
 }
 
 /** The bytes of tensors, as views (no copy), in order. */

@@ -185,6 +185,16 @@ describe('executor pool scheduling and failures', () => {
     expect(big[8]).toBe(1)
   })
 
+  it('an input already in shared memory (a received shard\'s reused buffer) reaches the worker where it is, even when the caller lets it move', async () => {
+    const sab = new SharedArrayBuffer(4 * 1024)
+    const data = new Float32Array(sab, 8, 100).fill(2)
+    const out = await pool.run({ op: 'probe', params: {}, inputs: { x: hostTensor('float32', [100], data) } }, { transfer: true })
+    expect([...out.partial.out?.data ?? []]).toEqual([1, 100, 200])
+    // Neither copied nor transferred: still the caller's view of the same memory.
+    expect(data.buffer).toBe(sab)
+    expect(data[99]).toBe(2)
+  })
+
   it('runs two tasks at once on two workers, queues the third, and moves busy/queued', async () => {
     loads.length = 0
     const p1 = pool.run(control.task('hold', '1'))

@@ -191,6 +191,11 @@ np.save(f'{out}/ab.npy', (a.astype(np.float64) @ b.astype(np.float64)).astype(np
     expect(served(a) - (before[0] ?? 0)).toBe(sent)
     const returned = nodes.slice(1).reduce((n, node, i) => n + served(node) - (before[i + 1] ?? 0), 0)
     expect(returned).toBe(sent)
+    // A peer took its bulky inputs into its reused receive memory, not a fresh buffer.
+    for (const s of bulky) {
+      const peer = nodes.find(n => n.peerId.toString() === s.peer) as MeshNode
+      expect(peer.receiveBuffers.counters.allocated + peer.receiveBuffers.counters.reused).toBeGreaterThan(0)
+    }
   })
 
   it('cancels a job: its state is cancelled and result() rejects', async () => {

@@ -21,6 +21,7 @@ import type { LengthPrefixedStream } from '@libp2p/utils'
 import type { Params, ShardTask, Tensors } from '../../compute/operators/types.ts'
 import type { WireLimits } from '../limits.ts'
 import type { TensorDesc } from '../tensor-frames.ts'
+import type { ReceiveBuffers } from '../receive-buffers.ts'
 import type { Libp2p, PeerId, Stream, Connection } from '@libp2p/interface'
 import type { Logger } from 'pino'
 
@@ -181,6 +182,8 @@ export interface ShardTransport {
    * error whose code the coordinator gets in the error answer).
    */
   admit?: (from: string) => () => void
+  /** Reused memory for large shard inputs (the peer side); none: a fresh buffer per shard. */
+  receiveBuffers?: ReceiveBuffers
 }
 
 
@@ -215,6 +218,8 @@ export async function handleShardStream (stream: Stream, from: PeerId, execute: 
   stream.addEventListener('close', onClose)
   let answered = false
   let release: (() => void) | undefined
+  // The inputs' reused memory goes back once the stream has ended: by then the worker is done with them.
+  let freeInputs: (() => void) | undefined
   try {
     // Refused before a byte is read: a flood costs one small answer per
     // stream, and pausing keeps the sender's inputs in its flow-control window
@@ -233,7 +238,9 @@ export async function handleShardStream (stream: Stream, from: PeerId, execute: 
     if (headerFrame.byteLength > MAX_HEADER_BYTES) throw new ProtocolError('shard header too long', 'ERR_MESSAGE_TOO_LONG')
     const header = ShardHeaderCodec.decode(headerFrame.subarray())
     const params = checkShardHeader(header, limits)
-    const tensors = await receiveTensors(lp, header, limits, 'shard request', transport, lease.signal)
+    const received = await receiveTensors(lp, header, limits, 'shard request', transport, lease.signal, transport.receiveBuffers)
+    freeInputs = received.release
+    const tensors = received.tensors
     const result = await executeShard(header, params, tensors, from, execute, resolve, lease.signal)
     const out = Object.values(result.partial)
     answered = true
@@ -263,6 +270,7 @@ export async function handleShardStream (stream: Stream, from: PeerId, execute: 
     }
     stream.abort(err instanceof Error ? err : new Error(String(err)))
   } finally {
+    freeInputs?.()
     release?.()
     stream.removeEventListener('close', onClose)
   }
@@ -377,7 +385,7 @@ export async function shardOverStream (stream: Stream, shard: OutgoingShard, sig
     if (!result.ok) throw new RemoteShardError(peerText(result.errorCode), peerText(result.errorMessage))
     if (cut) throw new ProtocolError('shard result: the peer answered ok before it received the inputs', 'ERR_BAD_RESULT')
     if (!Number.isFinite(result.computeMs) || result.computeMs < 0) throw new ProtocolError('result header: computeMs is not a finite non-negative number', 'ERR_BAD_RESULT')
-    const tensors = await receiveTensors(lp, result, limits, 'shard result', transport, signal)
+    const { tensors } = await receiveTensors(lp, result, limits, 'shard result', transport, signal)
     await stream.close({ signal }).catch(() => {})
     const bytes = Object.values(tensors).reduce((n, t) => n + t.data.byteLength, 0)
     return { partial: tensors, computeMs: result.computeMs, bytesOut, bytesIn: bytes }
@@ -395,20 +403,29 @@ function offerBulk (transport: ShardTransport, tensors: Tensors[string][]): Bulk
   return bulkOffer(transport.route, transport.bulk, tensorBytes(tensors))
 }
 
-/** Tensors described by a header: read from this stream, pulled over the bulk channel, or pushed into ours. */
-async function receiveTensors (lp: LengthPrefixedStream, header: { tensors: TensorDesc[], bulk?: BulkTicket }, limits: WireLimits, what: string, transport: ShardTransport, signal: AbortSignal): Promise<Tensors> {
-  if (header.bulk === undefined) return (await readTensorBytes(lp, header.tensors, limits, what)).tensors
+/**
+ * Tensors described by a header: read from this stream, pulled over the bulk
+ * channel, or pushed into ours. Bulk payloads land in `memory`'s reused
+ * buffers when given; `release` gives them back (a no-op otherwise).
+ */
+async function receiveTensors (lp: LengthPrefixedStream, header: { tensors: TensorDesc[], bulk?: BulkTicket }, limits: WireLimits, what: string, transport: ShardTransport, signal: AbortSignal, memory?: ReceiveBuffers): Promise<{ tensors: Tensors, release: () => void }> {
+  if (header.bulk === undefined) return { tensors: (await readTensorBytes(lp, header.tensors, limits, what)).tensors, release: () => {} }
   const t = header.bulk
   if (t.id.byteLength !== 16 || t.key.byteLength !== 16 || t.port === 0 || t.port > 65535) throw new ProtocolError(`${what}: malformed bulk ticket`, 'ERR_BULK')
   // Checked and allocated before a byte moves, like the in-stream path.
-  const { tensors, targets, bytes } = allocateTensors(header.tensors, limits, what)
-  if (bytes !== t.bytes) throw new ProtocolError(`${what}: bulk ticket announces ${t.bytes} bytes, the tensors need ${bytes}`, 'ERR_BULK')
-  if (t.push === true) {
-    if (transport.bulk === undefined) throw new BulkError(`${what}: the peer pushes over the bulk channel, and this node has none`)
-    await transport.bulk.receive(t, targets, signal)
-    return tensors
+  const { tensors, targets, bytes, release } = allocateTensors(header.tensors, limits, what, memory)
+  try {
+    if (bytes !== t.bytes) throw new ProtocolError(`${what}: bulk ticket announces ${t.bytes} bytes, the tensors need ${bytes}`, 'ERR_BULK')
+    if (t.push === true) {
+      if (transport.bulk === undefined) throw new BulkError(`${what}: the peer pushes over the bulk channel, and this node has none`)
+      await transport.bulk.receive(t, targets, signal)
+    } else {
+      if (transport.remoteHost === undefined) throw new ProtocolError(`${what}: bulk ticket but no address to pull from`, 'ERR_BULK')
+      await bulkFetch(transport.remoteHost, t, targets, signal)
+    }
+  } catch (err) {
+    release()
+    throw err
   }
-  if (transport.remoteHost === undefined) throw new ProtocolError(`${what}: bulk ticket but no address to pull from`, 'ERR_BULK')
-  await bulkFetch(transport.remoteHost, t, targets, signal)
-  return tensors
+  return { tensors, release }
 }
