@@ -342,7 +342,7 @@ export class MeshNode extends TypedEventEmitter<MeshNodeEvents> {
         { peerId: this.libp2p.peerId, pubsub: this.libp2p.services.pubsub, directory: this.directory, log: this.log, guard: this.peerLimits },
         { intervalMs: this.intervalMs, local: () => this.localCapacity() }
       )
-      this.pool.addEventListener('change', () => { this.capacity?.poolChanged() })
+      this.pool.addEventListener('change', () => { this.capacity?.poolChanged({ slots: this.init.serve === false ? 0 : this.pool.slots, operators: this.pool.operators }) })
       const capacity = this.capacity
       await registerHelloHandler(this.libp2p, this.helloInit(capacity))
       // The GossipSub class has getMeshPeers; its exported interface does not say so.

@@ -235,8 +235,9 @@ export class CapacityService implements Startable {
    * adverts a second, each checked by every node, and a call for bids reads
    * the fresh load anyway. The next tick carries the load.
    */
-  poolChanged (): void {
-    const c = this.local()
+  poolChanged (pool?: { slots: number, operators: readonly string[] }): void {
+    // Every shard start and end lands here: the caller passes what it has rather than the whole capacity (addresses and all).
+    const c = pool ?? this.local()
     const signature = `${c.slots}/${c.operators.join(',')}`
     if (signature === this.poolSignature) return
     const first = this.poolSignature === ''
