@@ -32,6 +32,9 @@ export { writeAtomic }
  * of `files`, a little-endian uint32 length then the .npy bytes; the file
  * name is INLINE_PARTIAL then).
  */
+/** A shards row: job, index, files, record, inline data. */
+type PartialRow = [string, number, string, string, Uint8Array | null]
+
 export interface StoredPartial {
   files: Record<string, string>
   data?: Uint8Array
@@ -132,6 +135,7 @@ export class Journal {
   }
 
   close (): void {
+    this.flushPartials()
     this.db?.close()
     this.db = undefined
   }
@@ -183,6 +187,51 @@ export class Journal {
     }
   }
 
+  /**
+   * Small partials wait here for one transaction per turn of the event loop:
+   * a job of many tiny shards finishes hundreds a second, and a commit each
+   * cost more than the rows. Each shardDone still resolves only once its row
+   * is committed. Every other write flushes them first, so a job's final
+   * record never comes before its partials.
+   */
+  private pendingPartials: Array<{ row: PartialRow, what: string, resolve: () => void, reject: (err: unknown) => void }> = []
+  private flushScheduled = false
+
+  private async queuePartial (row: PartialRow, what: string): Promise<void> {
+    await new Promise<void>((resolve, reject) => {
+      this.pendingPartials.push({ row, what, resolve, reject })
+      if (this.flushScheduled) return
+      this.flushScheduled = true
+      setImmediate(() => { this.flushPartials() })
+    })
+  }
+
+  private flushPartials (): void {
+    this.flushScheduled = false
+    const batch = this.pendingPartials
+    if (batch.length === 0) return
+    this.pendingPartials = []
+    const db = this.db
+    const stmt = this.stmts?.partial
+    if (db === undefined || stmt === undefined) {
+      for (const p of batch) p.resolve()
+      return
+    }
+    try {
+      db.exec('BEGIN')
+      for (const p of batch) stmt.run(...p.row)
+      db.exec('COMMIT')
+    } catch (err) {
+      try {
+        db.exec('ROLLBACK')
+      } catch {} // SQLite rolled back itself
+      // Which row failed does not matter: none of the batch is in the journal.
+      for (const p of batch) p.reject(storageError(err, p.what))
+      return
+    }
+    for (const p of batch) p.resolve()
+  }
+
   async shardDone (job: Job, index: number, partial: Tensors): Promise<void> {
     const dir = this.jobDir(job.id)
     const files: Record<string, string> = {}
@@ -199,11 +248,7 @@ export class Journal {
         off += 4 + bytes.byteLength
         files[name] = INLINE_PARTIAL
       }
-      try {
-        this.stmts?.partial.run(job.id, index, JSON.stringify(files), record, data)
-      } catch (err) {
-        throw storageError(err, `shard ${index} of job ${job.id} to the journal`)
-      }
+      await this.queuePartial([job.id, index, JSON.stringify(files), record, data], `shard ${index} of job ${job.id} to the journal`)
       return
     }
     try {
@@ -214,6 +259,7 @@ export class Journal {
       }
       // One row per accepted shard, with that shard's own record: the job's whole record is
       // written at plan and at finish only, so a job of n shards costs O(n) here, not O(n^2).
+      this.flushPartials()
       this.stmts?.partial.run(job.id, index, JSON.stringify(files), record, null)
     } catch (err) {
       // No row names them: the shard runs again after a restart.
@@ -233,6 +279,7 @@ export class Journal {
       result = 'result.npy'
     }
     const v = job.toJSON()
+    this.flushPartials()
     const db = this.db
     if (db === undefined) return
     db.exec('BEGIN')
@@ -305,6 +352,7 @@ export class Journal {
   }
 
   async remove (id: string): Promise<void> {
+    this.flushPartials()
     this.stmts?.remove.run(id)
     this.stmts?.removeShards.run(id)
     await removeTree(this.jobDir(id), this.storage)
