@@ -24,7 +24,8 @@ import { createLogger, silentLogger } from '../src/node/log.ts'
 import { readSwarmKey, writeSwarmKey } from '../src/node/access/index.ts'
 import { MeshNode } from '../src/node/mesh-node.ts'
 import { Testnet, log, median, randomTensor, runJob, sleep, startCli } from './bench/lib.ts'
-import { BENCH_ADVERT_INTERVAL_MS, benchScale, saveScaleRecords, writeScaleCalibration } from './bench/scale.ts'
+import { BENCH_ADVERT_INTERVAL_MS, ModelPool, benchScale, saveScaleRecords, writeScaleCalibration } from './bench/scale.ts'
+import { peerIdFromString } from '@libp2p/peer-id'
 import { EXAMPLE_PHOTOS, writeExampleModels, writeExamplePhotos } from './examples-models.ts'
 import { packImages } from '../src/compute/images.ts'
 import { packModel, readModelDir } from '../src/compute/model.ts'
@@ -245,10 +246,27 @@ async function overheadSection (): Promise<void> {
       const job = await runJob(api, 'map', { x: randomTensor([1, 1], rep) }, params)
       single.push(jobMs(job))
     }
+    // What one libp2p request and answer costs between these processes (noise, yamux, the swarm
+    // key's cipher): a ping from a node in this process to node 1, timed here. Each ping opens a
+    // stream, as a shard did before sessions; a shard adds a worker's round trip to it.
+    const pinger = new MeshNode({ dataDir: await mkdtemp(join(tmpdir(), 'tm-bench-')), listen: ['/ip4/127.0.0.1/tcp/0'], api: false, serve: false, journal: false, bulk: false, pool: new ModelPool(1), swarmKey: await readSwarmKey(net.swarmKey), bootstrap: net.node(1).multiaddrs, logger: silentLogger() })
+    const pings: number[] = []
+    await pinger.start()
+    try {
+      const target = peerIdFromString(remote)
+      for (let i = 0; i < 220; i++) {
+        const t0 = performance.now()
+        await pinger.libp2p.services.ping.ping(target)
+        if (i >= 20) pings.push(performance.now() - t0)
+      }
+    } finally {
+      await pinger.stop()
+    }
     const rate = median(rates)
     record({ section: 'overhead', name: 'tiny shards/s through bid, shard, result (2-node testnet, 512 shards a job)', value: rate, unit: 'shards/s', baseline: { name: 'same tasks through the executor pool in process', value: inProcessRate, unit: 'tasks/s' }, ratio: rate / inProcessRate, goal: '>= 0.6 of the pool in process', note: 'shards as frames on one session stream per peer; slots + 3 in flight' })
     record({ section: 'overhead', name: 'median round trip of a tiny shard to the other node', value: median(remoteMs), unit: 'ms', baseline: { name: 'same task through the pool in process', value: median(rtts), unit: 'ms' }, ratio: median(remoteMs) / median(rtts), goal: '< 1 ms', note: 'ratio = mesh / in process (lower is better)' })
     record({ section: 'overhead', name: 'median one-row job, submit to result on the coordinator (a fresh acceptance reused: no bid round)', value: median(single), unit: 'ms' })
+    record({ section: 'overhead', name: 'median libp2p ping to the other node (a stream opened, 32 bytes each way)', value: median(pings), unit: 'ms', baseline: { name: 'a tiny shard\'s round trip', value: median(remoteMs), unit: 'ms' }, ratio: median(pings) / median(remoteMs), note: 'the floor under a shard that opens a stream; p90 ' + (pings.sort((a, b) => a - b)[Math.floor(pings.length * 0.9)] ?? 0).toFixed(2) + ' ms' })
   } finally {
     await net.stop()
   }
