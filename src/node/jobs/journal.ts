@@ -26,15 +26,15 @@ async function loadSqlite (): Promise<typeof import('node:sqlite')> {
 
 export { writeAtomic }
 
+/** A shards row: job, index, files, record, inline data. */
+type PartialRow = [string, number, string, string, Uint8Array | null]
+
 /**
  * A journaled partial: each tensor in a file of its own, or, for small
  * partials, all of them in the shard's row (`data`: per tensor, in the order
  * of `files`, a little-endian uint32 length then the .npy bytes; the file
  * name is INLINE_PARTIAL then).
  */
-/** A shards row: job, index, files, record, inline data. */
-type PartialRow = [string, number, string, string, Uint8Array | null]
-
 export interface StoredPartial {
   files: Record<string, string>
   data?: Uint8Array
