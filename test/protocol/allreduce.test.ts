@@ -123,4 +123,24 @@ describe('allreduce protocol', () => {
     await running
     await expect.poll(() => target.strikes.filter(s => s === 'allreduce').length).toBeGreaterThanOrEqual(2)
   })
+
+  it('a forged part that arrives before its round starts is struck when the round starts, and the round still succeeds', async () => {
+    const target = peers[1] as Peer
+    const before = target.strikes.filter(s => s === 'allreduce').length
+    const activeBefore = target.allreduce.active
+    // Node 3, outside the group, claims to be member 2 of round r5 before node 1 has its START.
+    const hostile = await (peers[3] as Peer).libp2p.dialProtocol(target.libp2p.peerId, ALLREDUCE_PROTOCOL)
+    const h = lpStream(hostile)
+    await h.write(Uint8Array.of(2, 0x0a, 2, 0x72, 0x35, 0x10, 2, 0x18, 1, 0x20, 2))
+    const len = new Uint8Array(8)
+    new DataView(len.buffer).setFloat64(0, 4, true)
+    await h.write(len)
+    await h.write(new Uint8Array(16))
+    // Held as an early part of r5.
+    await expect.poll(() => target.allreduce.active).toBe(activeBefore + 1)
+    const out = await (peers[0] as Peer).allreduce.runRound(members([0, 1, 2]), spec('r5'), AbortSignal.timeout(20_000))
+    const want = Float32Array.from({ length: V }, (_, j) => [0, 1, 2].reduce((s, i) => s + (i + 1) * (w[j % P] as number) + j, 0))
+    expect([...out.sum]).toEqual([...want])
+    expect(target.strikes.filter(s => s === 'allreduce').length).toBe(before + 1)
+  })
 })

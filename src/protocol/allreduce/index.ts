@@ -439,8 +439,16 @@ export class AllReduce {
       const i = h.index
       const wParts = partition(h.wLength, k)
       const vParts = partition(h.vLength, k)
-      // Early parts, now that the group is known.
-      for (const e of r.early.splice(0)) this.accept(r, e.peer, e.part, e.data)
+      // Early parts, now that the group is known. A bad one costs its sender a strike, as it would
+      // have after START; it must not fail the round (anyone can send a part for a round id).
+      for (const e of r.early.splice(0)) {
+        try {
+          this.accept(r, e.peer, e.part, e.data)
+        } catch (err) {
+          this.c.log.debug({ peer: e.peer, round: h.round, code: errorCode(err), err: errorMessage(err) }, 'allreduce early part refused')
+          if (isMalformed(err)) this.guard.strike(e.peer, 'allreduce')
+        }
+      }
       this.earlyBytes -= r.earlyBytes
       r.earlyBytes = 0
       const others = h.group.map((p, j) => ({ p, j })).filter(({ j }) => j !== i)
