@@ -195,19 +195,15 @@ export class Journal {
    * record never comes before its partials.
    */
   private pendingPartials: Array<{ row: PartialRow, what: string, resolve: () => void, reject: (err: unknown) => void }> = []
-  private flushScheduled = false
 
   private async queuePartial (row: PartialRow, what: string): Promise<void> {
     await new Promise<void>((resolve, reject) => {
-      this.pendingPartials.push({ row, what, resolve, reject })
-      if (this.flushScheduled) return
-      this.flushScheduled = true
-      setImmediate(() => { this.flushPartials() })
+      // The first row of a batch schedules its flush (a flush that came earlier leaves a no-op behind).
+      if (this.pendingPartials.push({ row, what, resolve, reject }) === 1) setImmediate(() => { this.flushPartials() })
     })
   }
 
   private flushPartials (): void {
-    this.flushScheduled = false
     const batch = this.pendingPartials
     if (batch.length === 0) return
     this.pendingPartials = []
